@@ -1,0 +1,41 @@
+# Main commands of the project.
+#
+#   make demo      train, decode, score and tokenize with the SNAC-24k demo config on the embedded
+#                  demo corpus (recipe stages 1-6; a few minutes on 2 CPU cores)
+#   make test      the test suite (creates .venv with the package and its test extra if needed)
+#   make ci-demo   the recipe end to end on a subset of the demo corpus with the tiny config
+#
+# Variables: PYTHON (interpreter that creates the venv), VENV, DEMO_ARGS (extra run.sh options,
+# e.g. DEMO_ARGS="--ngpu 1").
+
+PYTHON ?= python3
+VENV ?= .venv
+RECIPE := egs2/snac24k
+DEMO_ARGS ?=
+DEMO_EXP := $(RECIPE)/exp/codec_train_snac24k_demo
+
+.PHONY: demo test ci-demo venv
+
+venv:
+	@if ! $(VENV)/bin/python -c "import espnet_snac, espnet2, snac, pytest" 2>/dev/null; then \
+		echo "setting up $(VENV)"; \
+		test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV); \
+		$(VENV)/bin/python -m pip install --upgrade pip; \
+		$(VENV)/bin/python -m pip install -e '.[test]'; \
+	fi
+
+demo: venv
+	cd $(RECIPE) && ./run.sh --stage 1 --stop_stage 6 $(DEMO_ARGS)
+	@echo
+	@cat $(DEMO_EXP)/RESULTS.md
+	@echo
+	@echo "results:        $(DEMO_EXP)/RESULTS.md"
+	@echo "reconstructions and spectrogram images: $(DEMO_EXP)/decode_*/<set>/wav, $(DEMO_EXP)/decode_*/<set>/scoring/plots"
+	@echo "tokens:         $(RECIPE)/dump/tokens/{train,dev,test} (codes.scp, text, token_list)"
+	@echo "training curves: $(DEMO_EXP)/images, tensorboard --logdir $(DEMO_EXP)/tensorboard"
+
+test: venv
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests
+
+ci-demo: venv
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_recipe.py

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# SNAC 24 kHz speech codec: data -> training -> decoding/scoring -> tokens.
+# All stages live in codec.sh; see ./codec.sh --help for every option.
+set -euo pipefail
+
+# The demo corpus trains with the demo config (minutes on CPU); any other dataset with the
+# paper recipe. Both can be overridden with --train_config.
+dataset=demo
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    [ "${args[$i]}" = --dataset ] && [ $((i + 1)) -lt ${#args[@]} ] && dataset=${args[$((i + 1))]}
+done
+if [ "$dataset" = demo ]; then
+    train_config=conf/tuning/train_snac24k_demo.yaml
+else
+    train_config=conf/train_snac24k.yaml
+fi
+
+./codec.sh \
+    --dataset "$dataset" \
+    --fs 24000 \
+    --train_config "$train_config" \
+    --train_set train \
+    --valid_set dev \
+    --test_sets "dev test" \
+    "$@"

@@ -1,0 +1,216 @@
+"""SNAC as an ESPnet GAN codec (``codec: snac``): generator, discriminator and training objective."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from espnet2.gan_codec.abs_gan_codec import AbsGANCodec
+from espnet2.gan_codec.shared.discriminator.msmpmb_discriminator import (
+    MultiScaleMultiPeriodMultiBandDiscriminator,
+)
+from espnet2.gan_tts.hifigan.loss import DiscriminatorAdversarialLoss, FeatureMatchLoss, GeneratorAdversarialLoss
+from espnet2.torch_utils.device_funcs import force_gatherable
+
+from espnet_snac.frames import codes_to_frames, frames_to_codes, level_sizes_of
+from espnet_snac.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
+from espnet_snac.model import SNAC, SNAC_24KHZ
+
+BANDS = [(0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
+
+# DAC's discriminator: multi-period (HiFi-GAN MPD) + multi-band complex-STFT; `rates` adds a waveform MSD.
+DEFAULT_DISCRIMINATOR: Dict[str, Any] = {
+    "rates": [],
+    "fft_sizes": [2048, 1024, 512],
+    "periods": [2, 3, 5, 7, 11],
+    "period_discriminator_params": {
+        "in_channels": 1, "out_channels": 1, "kernel_sizes": [5, 3], "channels": 32,
+        "downsample_scales": [3, 3, 3, 3, 1], "max_downsample_channels": 1024, "bias": True,
+        "nonlinear_activation": "LeakyReLU", "nonlinear_activation_params": {"negative_slope": 0.1},
+        "use_weight_norm": True, "use_spectral_norm": False,
+    },
+    "band_discriminator_params": {"hop_factor": 0.25, "bands": BANDS, "channel": 32},
+}
+
+
+def _merge(default: Dict[str, Any], override: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    out = copy.deepcopy(default)
+    for k, v in (override or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def codebook_statistics(codes: torch.Tensor, codebook_size: int):
+    """Fraction of the codebook used by ``codes`` and the perplexity of their histogram."""
+    counts = torch.bincount(codes.reshape(-1), minlength=codebook_size).float()
+    p = counts / counts.sum().clamp(min=1)
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return (counts > 0).float().mean(), entropy.exp()
+
+
+class SNACCodec(AbsGANCodec):
+    """Trainable SNAC: the generator is :class:`espnet_snac.model.SNAC`.
+
+    Generator objective (DAC recipe): ``lambda_adv`` LSGAN + ``lambda_feat_match`` L1 feature matching
+    + ``lambda_mel`` 7-scale log-mel L1 + ``lambda_stft`` multi-resolution STFT (spectral convergence +
+    log magnitude) + ``lambda_wave`` waveform L1 + per-level ``lambda_codebook`` codebook and
+    ``lambda_commitment`` commitment losses. Losses with weight 0 are skipped.
+
+    ESPnet's codes are ``(7, B, frames)`` in the Orpheus frame order (see :mod:`espnet_snac.frames`).
+    """
+
+    def __init__(
+        self,
+        sampling_rate: int = 24000,
+        generator_params: Optional[Dict[str, Any]] = None,
+        discriminator_params: Optional[Dict[str, Any]] = None,
+        generator_adv_loss_params: Optional[Dict[str, Any]] = None,
+        discriminator_adv_loss_params: Optional[Dict[str, Any]] = None,
+        feat_match_loss_params: Optional[Dict[str, Any]] = None,
+        mel_loss_params: Optional[Dict[str, Any]] = None,
+        stft_loss_params: Optional[Dict[str, Any]] = None,
+        lambda_adv: float = 1.0,
+        lambda_feat_match: float = 2.0,
+        lambda_mel: float = 15.0,
+        lambda_stft: float = 0.0,
+        lambda_wave: float = 0.0,
+        lambda_codebook: float = 1.0,
+        lambda_commitment: float = 0.25,
+        cache_generator_outputs: bool = True,
+    ):
+        super().__init__()
+        gen = {**SNAC_24KHZ, **(generator_params or {})}
+        gen.setdefault("sampling_rate", sampling_rate)
+        if int(gen["sampling_rate"]) != int(sampling_rate):
+            raise ValueError(
+                f"sampling_rate {sampling_rate} differs from generator_params.sampling_rate {gen['sampling_rate']}"
+            )
+        self.generator = SNAC(**gen)
+        disc = _merge(DEFAULT_DISCRIMINATOR, discriminator_params)
+        disc["sample_rate"] = sampling_rate
+        disc["band_discriminator_params"]["sample_rate"] = sampling_rate
+        self.discriminator = MultiScaleMultiPeriodMultiBandDiscriminator(**disc)
+
+        self.generator_adv_loss = GeneratorAdversarialLoss(
+            **{"average_by_discriminators": False, "loss_type": "mse", **(generator_adv_loss_params or {})}
+        )
+        self.discriminator_adv_loss = DiscriminatorAdversarialLoss(
+            **{"average_by_discriminators": False, "loss_type": "mse", **(discriminator_adv_loss_params or {})}
+        )
+        # DAC matches every layer but the final score of each sub-discriminator.
+        self.feat_match_loss = FeatureMatchLoss(
+            **{"average_by_discriminators": False, "average_by_layers": False, "include_final_outputs": False,
+               **(feat_match_loss_params or {})}
+        )
+        self.mel_loss = MultiScaleMelLoss(sampling_rate=sampling_rate, **(mel_loss_params or {}))
+        self.stft_loss = MultiResolutionSTFTLoss(**(stft_loss_params or {}))
+        self.lambda_adv = lambda_adv
+        self.lambda_feat_match = lambda_feat_match
+        self.lambda_mel = lambda_mel
+        self.lambda_stft = lambda_stft
+        self.lambda_wave = lambda_wave
+        self.lambda_codebook = lambda_codebook
+        self.lambda_commitment = lambda_commitment
+        self.cache_generator_outputs = cache_generator_outputs
+        self._cache = None
+
+        self.fs = sampling_rate
+        self.level_sizes = level_sizes_of(self.generator.vq_strides)
+        self.num_streams = sum(self.level_sizes)
+        self.frame_shift = self.generator.hop_length * self.generator.vq_strides[0]
+
+    def meta_info(self) -> Dict[str, Any]:
+        return {
+            "fs": self.fs,
+            "num_streams": self.num_streams,
+            "frame_shift": self.frame_shift,
+            "code_size_per_stream": [self.generator.codebook_size] * self.num_streams,
+        }
+
+    # ------------------------------------------------------------------ training
+    def forward(self, audio: torch.Tensor, forward_generator: bool = True, **kwargs) -> Dict[str, Any]:
+        """``audio (B, T)`` -> ESPnet's ``{"loss", "stats", "weight", "optim_idx"}``."""
+        if forward_generator:
+            return self._forward_generator(audio)
+        return self._forward_discriminator(audio)
+
+    def _generate(self, audio: torch.Tensor):
+        reuse = self.cache_generator_outputs and self._cache is not None
+        out = self._cache if reuse else self.generator.forward_with_losses(audio)
+        if self.cache_generator_outputs and not reuse:
+            self._cache = out
+        if reuse or not self.training:
+            self._cache = None
+        return out
+
+    def _forward_generator(self, audio: torch.Tensor) -> Dict[str, Any]:
+        batch_size = audio.size(0)
+        audio = audio.unsqueeze(1)
+        out = self._generate(audio)
+        audio_hat = out.audio_hat
+
+        stats: Dict[str, Any] = {}
+        loss = audio.new_zeros(())
+        if self.lambda_adv or self.lambda_feat_match:
+            p_hat = self.discriminator(audio_hat)
+            if self.lambda_adv:
+                adv = self.lambda_adv * self.generator_adv_loss(p_hat)
+                loss = loss + adv
+                stats["adv_loss"] = adv.item()
+            if self.lambda_feat_match:
+                with torch.no_grad():
+                    p = self.discriminator(audio)
+                fm = self.lambda_feat_match * self.feat_match_loss(p_hat, p)
+                loss = loss + fm
+                stats["feat_match_loss"] = fm.item()
+        mel = self.lambda_mel * self.mel_loss(audio_hat, audio)
+        loss = loss + mel
+        stats["mel_loss"] = mel.item()
+        if self.lambda_stft:
+            sc, mag = self.stft_loss(audio_hat, audio)
+            loss = loss + self.lambda_stft * (sc + mag)
+            stats.update(stft_sc_loss=(self.lambda_stft * sc).item(), stft_mag_loss=(self.lambda_stft * mag).item())
+        if self.lambda_wave:
+            wave = self.lambda_wave * F.l1_loss(audio_hat, audio)
+            loss = loss + wave
+            stats["wave_loss"] = wave.item()
+        codebook = self.lambda_codebook * out.codebook_loss.sum()
+        commitment = self.lambda_commitment * out.commitment_loss.sum()
+        loss = loss + codebook + commitment
+        stats.update(codebook_loss=codebook.item(), commitment_loss=commitment.item())
+        for level, codes in enumerate(out.codes):
+            usage, perplexity = codebook_statistics(codes, self.generator.codebook_size)
+            stats[f"codebook_usage_{level}"] = usage.item()
+            stats[f"codebook_perplexity_{level}"] = perplexity.item()
+        stats["generator_loss"] = loss.item()
+        loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
+        return {"loss": loss, "stats": stats, "weight": weight, "optim_idx": 0}
+
+    def _forward_discriminator(self, audio: torch.Tensor) -> Dict[str, Any]:
+        batch_size = audio.size(0)
+        audio = audio.unsqueeze(1)
+        audio_hat = self._generate(audio).audio_hat
+        real_loss, fake_loss = self.discriminator_adv_loss(self.discriminator(audio_hat.detach()),
+                                                           self.discriminator(audio))
+        loss = real_loss + fake_loss
+        stats = dict(discriminator_loss=loss.item(), real_loss=real_loss.item(), fake_loss=fake_loss.item())
+        loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
+        return {"loss": loss, "stats": stats, "weight": weight, "optim_idx": 1}
+
+    # ------------------------------------------------------------------ inference
+    def encode(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """``x (B, 1, T)`` -> codes ``(num_streams, B, frames)``, frames = ceil(T / frame_shift)."""
+        return codes_to_frames(self.generator.encode(x)).permute(2, 0, 1)
+
+    def decode(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Codes ``(num_streams, B, frames)`` -> audio ``(B, 1, frames * frame_shift)``."""
+        codes = frames_to_codes(x.permute(1, 2, 0), self.level_sizes)
+        return self.generator.decode(codes, **kwargs)
+
+    def inference(self, x: torch.Tensor, **kwargs) -> Dict[str, torch.Tensor]:
+        """``x (B, 1, T)`` or ``(T,)`` -> ``{"wav": (B, 1, T) trimmed, "codec": (num_streams, B, frames)}``."""
+        if x.dim() == 1:
+            x = x.view(1, 1, -1)
+        codec = self.encode(x)
+        return {"wav": self.decode(codec, length=x.shape[-1]), "codec": codec}

@@ -1,0 +1,187 @@
+"""The SNAC generator: encoder, multi-scale RVQ and decoder, checkpoint-compatible with the release."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from espnet_snac.layers import Decoder, Encoder, NoiseBlock
+from espnet_snac.quantizer import ResidualVectorQuantize
+
+PathLike = Union[str, Path]
+
+
+class SNACOutput(NamedTuple):
+    audio_hat: torch.Tensor  # (B, 1, T) trimmed to the input length
+    codes: List[torch.Tensor]  # per level (B, T_i)
+    commitment_loss: torch.Tensor  # (n_levels,)
+    codebook_loss: torch.Tensor  # (n_levels,)
+
+
+class SNAC(nn.Module):
+    """Multi-Scale Neural Audio Codec.
+
+    Keyword arguments are the keys of the official ``config.json``. The defaults are the 44 kHz
+    release; the 24 kHz speech model is ``SNAC(**SNAC_24KHZ)``.
+    """
+
+    def __init__(
+        self,
+        sampling_rate: int = 44100,
+        encoder_dim: int = 64,
+        encoder_rates: Sequence[int] = (3, 3, 7, 7),
+        latent_dim: Optional[int] = None,
+        decoder_dim: int = 1536,
+        decoder_rates: Sequence[int] = (7, 7, 3, 3),
+        attn_window_size: Optional[int] = 32,
+        codebook_size: int = 4096,
+        codebook_dim: int = 8,
+        vq_strides: Sequence[int] = (8, 4, 2, 1),
+        noise: bool = True,
+        depthwise: bool = True,
+    ):
+        super().__init__()
+        if latent_dim is None:
+            latent_dim = encoder_dim * 2 ** len(encoder_rates)
+        self.config: Dict = dict(
+            sampling_rate=int(sampling_rate), encoder_dim=int(encoder_dim), encoder_rates=list(encoder_rates),
+            latent_dim=int(latent_dim), decoder_dim=int(decoder_dim), decoder_rates=list(decoder_rates),
+            attn_window_size=attn_window_size, codebook_size=int(codebook_size),
+            codebook_dim=int(codebook_dim), vq_strides=list(vq_strides), noise=bool(noise),
+            depthwise=bool(depthwise),
+        )
+        self.sampling_rate = int(sampling_rate)
+        self.hop_length = math.prod(encoder_rates)
+        self.vq_strides = list(vq_strides)
+        self.n_codebooks = len(vq_strides)
+        self.codebook_size = int(codebook_size)
+        self.codebook_dim = int(codebook_dim)
+        self.attn_window_size = attn_window_size
+        self.latent_dim = int(latent_dim)
+        # Every level and every attention window must see whole frames.
+        self.pad_multiple = self.hop_length * math.lcm(self.vq_strides[0], attn_window_size or 1)
+        self.encoder = Encoder(encoder_dim, encoder_rates, depthwise=depthwise, attn_window_size=attn_window_size)
+        self.quantizer = ResidualVectorQuantize(latent_dim, codebook_size, codebook_dim, vq_strides)
+        self.decoder = Decoder(latent_dim, decoder_dim, decoder_rates, noise, depthwise=depthwise,
+                               attn_window_size=attn_window_size)
+
+    # ------------------------------------------------------------------ shapes
+    def preprocess(self, audio: torch.Tensor) -> torch.Tensor:
+        """Right-pad ``(B, 1, T)`` with zeros to a multiple of :attr:`pad_multiple`."""
+        right_pad = -audio.shape[-1] % self.pad_multiple
+        return nn.functional.pad(audio, (0, right_pad))
+
+    def num_frames(self, num_samples: int) -> List[int]:
+        """Code lengths per level for an input of ``num_samples`` samples."""
+        latent = math.ceil(num_samples / self.pad_multiple) * self.pad_multiple // self.hop_length
+        return [latent // s for s in self.vq_strides]
+
+    @property
+    def frame_rates(self) -> List[float]:
+        """Codes per second for each level (11.72 / 23.44 / 46.88 Hz for 24 kHz)."""
+        return [self.sampling_rate / (self.hop_length * s) for s in self.vq_strides]
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, audio: torch.Tensor):
+        """``audio (B, 1, T)`` -> ``(audio_hat (B, 1, T), codes)``, as the official model."""
+        out = self.forward_with_losses(audio)
+        return out.audio_hat, out.codes
+
+    def forward_with_losses(self, audio: torch.Tensor) -> SNACOutput:
+        """Training forward: reconstruction, codes and the per-level VQ losses."""
+        length = audio.shape[-1]
+        z = self.encoder(self.preprocess(audio))
+        q = self.quantizer(z)
+        audio_hat = self.decoder(q.z_q)[..., :length]
+        return SNACOutput(audio_hat, q.codes, q.commitment_loss, q.codebook_loss)
+
+    def encode(self, audio: torch.Tensor) -> List[torch.Tensor]:
+        """``audio (B, 1, T)`` -> codes ``[(B, T_0), (B, T_1), ...]`` (coarse to fine)."""
+        if audio.dim() != 3 or audio.shape[1] != 1:
+            raise ValueError(f"encode expects audio of shape (B, 1, T), got {tuple(audio.shape)}")
+        return self.quantizer(self.encoder(self.preprocess(audio))).codes
+
+    def decode(self, codes: Sequence[torch.Tensor], length: Optional[int] = None,
+               noise_seed: Optional[int] = None, add_noise: bool = True) -> torch.Tensor:
+        """Codes -> audio ``(B, 1, T')``.
+
+        ``length`` trims the output to the original number of samples (``None``: untrimmed, as the
+        official package). ``noise_seed`` makes the NoiseBlocks reproducible; ``add_noise=False``
+        switches them off. With the defaults, noise comes from the global RNG like the release.
+        """
+        z_q = self.quantizer.from_codes(codes)
+        with self.noise(seed=noise_seed, enabled=add_noise, device=z_q.device):
+            audio = self.decoder(z_q)
+        return audio if length is None else audio[..., :length]
+
+    @contextlib.contextmanager
+    def noise(self, seed: Optional[int] = None, enabled: bool = True,
+              device: Union[str, torch.device] = "cpu") -> Iterator[None]:
+        """Temporarily seed (one generator shared by all blocks, in order) or disable decoder noise."""
+        blocks = [m for m in self.decoder.modules() if isinstance(m, NoiseBlock)]
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(int(seed))
+        saved = [(b.generator, b.enabled) for b in blocks]
+        for b in blocks:
+            b.generator, b.enabled = generator, enabled
+        try:
+            yield
+        finally:
+            for b, (g, e) in zip(blocks, saved):
+                b.generator, b.enabled = g, e
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_config(cls, config: Union[PathLike, Dict]) -> "SNAC":
+        if not isinstance(config, dict):
+            with open(config, encoding="utf-8") as f:
+                config = json.load(f)
+        return cls(**config)
+
+    @classmethod
+    def from_pretrained(cls, path: PathLike, map_location: Union[str, torch.device] = "cpu") -> "SNAC":
+        """Load weights from an official-format directory, an ESPnet experiment or a packed zip.
+
+        * official: ``config.json`` + ``pytorch_model.bin`` or ``model.safetensors``
+        * ESPnet: a directory with ``config.yaml`` and a ``.pth`` (best, then latest), or the ``.pth``
+          path itself (its ``config.yaml`` is looked up next to it or one level up)
+        * packed: the ``.zip`` written by ``espnet2.bin.pack``
+        Weights are read without executing pickled code; any missing or unexpected key is an error.
+        """
+        from espnet_snac import checkpoints
+
+        config, state = checkpoints.read(Path(path), map_location)
+        model = cls(**config)
+        checkpoints.load_state_strict(model, state, source=str(path))
+        return model.eval()
+
+    def save_pretrained(self, directory: PathLike) -> Path:
+        """Write the official format: ``config.json`` + ``pytorch_model.bin``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(self.config, indent=2) + "\n", encoding="utf-8")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        torch.save(state, directory / "pytorch_model.bin")
+        return directory
+
+
+#: Official configuration of the 24 kHz speech model.
+SNAC_24KHZ: Dict = dict(
+    sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
+    decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096, codebook_dim=8,
+    vq_strides=[4, 2, 1], noise=True, depthwise=True,
+)
+#: Official configuration of the 32 kHz model (the 44 kHz one differs only in sampling_rate).
+SNAC_32KHZ: Dict = dict(
+    sampling_rate=32000, encoder_dim=64, encoder_rates=[2, 3, 8, 8], decoder_dim=1536,
+    decoder_rates=[8, 8, 3, 2], attn_window_size=32, codebook_size=4096, codebook_dim=8,
+    vq_strides=[8, 4, 2, 1], noise=True, depthwise=True,
+)
+SNAC_44KHZ: Dict = dict(SNAC_32KHZ, sampling_rate=44100)

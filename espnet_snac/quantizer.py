@@ -1,0 +1,107 @@
+"""Multi-scale residual vector quantisation.
+
+Each level average-pools the residual by its stride, projects it to a low-dimensional space
+(factorised codes), picks the nearest codebook entry by cosine similarity, projects back and repeats
+each frame ``stride`` times. Unlike the official inference package, the levels also return the
+codebook and commitment losses that make the codebooks trainable (VQ-VAE / DAC style, computed in the
+projected space).
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from espnet_snac.layers import wn_conv1d
+
+
+class QuantizerOutput(NamedTuple):
+    z_q: torch.Tensor  # (B, D, T) quantised latent, straight-through w.r.t. the input
+    codes: List[torch.Tensor]  # per level (B, T // stride)
+    commitment_loss: torch.Tensor  # (n_levels,) mean over batch
+    codebook_loss: torch.Tensor  # (n_levels,) mean over batch
+
+
+class VectorQuantize(nn.Module):
+    """One quantiser level operating at ``1 / stride`` of the latent frame rate."""
+
+    def __init__(self, input_dim: int, codebook_size: int, codebook_dim: int, stride: int = 1):
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.stride = stride
+        self.in_proj = wn_conv1d(input_dim, codebook_dim, kernel_size=1)
+        self.out_proj = wn_conv1d(codebook_dim, input_dim, kernel_size=1)
+        self.codebook = nn.Embedding(codebook_size, codebook_dim)
+
+    def nearest_codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        """``(B, d, T)`` projected latents -> ``(B, T)`` indices of the most cosine-similar codes."""
+        b = z_e.shape[0]
+        enc = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]))
+        book = F.normalize(self.codebook.weight)
+        # Full squared distance of unit vectors (not just the dot product) so that ties and rounding
+        # resolve exactly as in the released model.
+        dist = enc.pow(2).sum(1, keepdim=True) - 2 * enc @ book.t() + book.pow(2).sum(1, keepdim=True).t()
+        return (-dist).max(1)[1].reshape(b, -1)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` indices -> raw codebook vectors ``(B, d, T)``."""
+        return F.embedding(codes, self.codebook.weight).transpose(1, 2)
+
+    def upsample(self, z: torch.Tensor) -> torch.Tensor:
+        return z.repeat_interleave(self.stride, dim=-1) if self.stride > 1 else z
+
+    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``z (B, D, T)`` -> ``(z_q (B, D, T), codes (B, T/stride), commitment (B,), codebook (B,))``."""
+        if self.stride > 1:
+            z = F.avg_pool1d(z, self.stride, self.stride)
+        z_e = self.in_proj(z)
+        codes = self.nearest_codes(z_e)
+        z_c = self.lookup(codes)
+        commitment = F.mse_loss(z_e, z_c.detach(), reduction="none").mean([1, 2])
+        codebook = F.mse_loss(z_c, z_e.detach(), reduction="none").mean([1, 2])
+        z_c = z_e + (z_c - z_e).detach()  # straight-through estimator
+        return self.upsample(self.out_proj(z_c)), codes, commitment, codebook
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """``(B, T/stride)`` -> this level's contribution ``(B, D, T)``."""
+        return self.upsample(self.out_proj(self.lookup(codes)))
+
+
+class ResidualVectorQuantize(nn.Module):
+    """Levels applied to successive residuals; strides e.g. ``[4, 2, 1]`` (coarse to fine)."""
+
+    def __init__(self, input_dim: int, codebook_size: int, codebook_dim: int, vq_strides: Sequence[int]):
+        super().__init__()
+        self.n_codebooks = len(vq_strides)
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.quantizers = nn.ModuleList(
+            VectorQuantize(input_dim, codebook_size, codebook_dim, s) for s in vq_strides
+        )
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """``z (B, D, T)`` with ``T`` divisible by every stride."""
+        z_q = torch.zeros_like(z)
+        residual = z
+        codes, commitment, codebook = [], [], []
+        for quantizer in self.quantizers:
+            z_q_i, codes_i, commit_i, book_i = quantizer(residual)
+            z_q = z_q + z_q_i
+            residual = residual - z_q_i
+            codes.append(codes_i)
+            commitment.append(commit_i.mean())
+            codebook.append(book_i.mean())
+        return QuantizerOutput(z_q, codes, torch.stack(commitment), torch.stack(codebook))
+
+    def from_codes(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Codes per level -> summed latent ``(B, D, T)``."""
+        if len(codes) != self.n_codebooks:
+            raise ValueError(f"expected {self.n_codebooks} code levels, got {len(codes)}")
+        z_q = None
+        for quantizer, c in zip(self.quantizers, codes):
+            part = quantizer.decode_codes(c)
+            z_q = part if z_q is None else z_q + part
+        return z_q

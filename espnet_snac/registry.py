@@ -1,0 +1,58 @@
+"""Registration of the ``snac`` codec in ESPnet's GAN-codec task.
+
+ESPnet has no plugin mechanism: ``GANCodecTask`` builds models from the module-level
+``espnet2.tasks.gan_codec.codec_choices``, so the class must be in it before a parser is built.
+Importing that module costs seconds, so ``import espnet_snac`` does not force it: if the task module
+is not loaded yet, a one-shot import hook registers ``snac`` the moment it is.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+
+TASK_MODULE = "espnet2.tasks.gan_codec"
+CODEC_NAME = "snac"
+SCHEDULER_NAME = "exponentialdecay"
+
+
+def register() -> None:
+    """Add ``snac`` to ``codec_choices`` and the per-iteration ``exponentialdecay`` scheduler to
+    ESPnet's schedulers (idempotent). Imports the ESPnet task module."""
+    from espnet2.schedulers.abs_scheduler import AbsBatchStepScheduler
+    from espnet2.tasks import abs_task, gan_codec
+
+    from espnet_snac.codec import SNACCodec
+    from espnet_snac.schedulers import ExponentialDecayLR
+
+    gan_codec.codec_choices.classes[CODEC_NAME] = SNACCodec
+    AbsBatchStepScheduler.register(ExponentialDecayLR)
+    abs_task.scheduler_classes[SCHEDULER_NAME] = ExponentialDecayLR
+
+
+class _RegisterAfterImport(importlib.abc.MetaPathFinder):
+    """Wraps the loader of the task module so that :func:`register` runs right after it executes."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != TASK_MODULE:
+            return None
+        sys.meta_path.remove(self)  # one shot; also keeps find_spec below from recursing
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_register(module):
+            exec_module(module)
+            register()
+
+        spec.loader.exec_module = exec_and_register
+        return spec
+
+
+def register_when_imported() -> None:
+    """Register now if ESPnet's task module is loaded, else as soon as it gets imported."""
+    if TASK_MODULE in sys.modules:
+        register()
+    elif not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterImport())

@@ -1,0 +1,83 @@
+"""Kaldi-style ``wav.scp`` lists: ``<utt_id> <value>`` per line.
+
+A value is a sound file path (anything libsndfile reads), a Kaldi ark entry with a byte offset
+(``data/foo.ark:1234``, read with kaldiio), or a command ending in ``|`` whose stdout is audio
+(also read with kaldiio).
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Tuple, Union
+
+import numpy as np
+
+from .audio_io import AudioError, read_audio
+
+_ARK_ENTRY = re.compile(r".+\.ark:\d+(\[[^\]]*\])?$")
+
+
+class ScpError(ValueError):
+    """A malformed scp file (message names the file and the line)."""
+
+
+def read_scp(path: Union[str, Path]) -> "OrderedDict[str, str]":
+    """Read ``utt_id value`` lines (value may contain spaces); keeps file order.
+
+    Blank lines are skipped; a line without a value or a repeated id raises ``ScpError``.
+    """
+    entries: "OrderedDict[str, str]" = OrderedDict()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScpError(f"{path}: cannot read scp file ({exc.strerror or exc})") from exc
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2:
+            raise ScpError(f"{path}:{lineno}: expected '<utt_id> <path>', got {line!r}")
+        key, value = parts
+        if key in entries:
+            raise ScpError(f"{path}:{lineno}: duplicate utterance id {key!r}")
+        entries[key] = value
+    return entries
+
+
+def is_kaldi_entry(value: str) -> bool:
+    """True for ark offsets (``x.ark:123``) and pipe commands (``cmd |``)."""
+    return value.rstrip().endswith("|") or bool(_ARK_ENTRY.match(value))
+
+
+def load_scp_audio(value: str, name: str | None = None) -> Tuple[np.ndarray, int]:
+    """Load one scp value. Returns ``(samples (T, C) float32 in [-1, 1], sample_rate)``.
+
+    Raises ``AudioError`` naming ``name`` (the utterance id or file) and the reason.
+    """
+    label = f"{name} ({value})" if name else value
+    if not is_kaldi_entry(value):
+        if not Path(value).is_file():
+            raise AudioError(f"{label}: no such file")
+        return read_audio(value, name=label)
+    import kaldiio
+
+    try:
+        loaded = kaldiio.load_mat(value)
+    except Exception as exc:  # kaldiio raises OSError/ValueError/struct errors on bad entries
+        raise AudioError(f"{label}: cannot read Kaldi entry {value!r} ({exc})") from exc
+    if not (isinstance(loaded, tuple) and len(loaded) == 2):
+        raise AudioError(
+            f"{label}: Kaldi entry {value!r} holds a matrix without a sample rate; "
+            "store audio as wav in the ark (e.g. kaldiio.save_ark with (rate, samples))"
+        )
+    rate, samples = loaded
+    samples = np.asarray(samples)
+    if np.issubdtype(samples.dtype, np.integer):
+        samples = samples.astype(np.float32) / float(np.iinfo(samples.dtype).max + 1)
+    samples = samples.astype(np.float32, copy=False)
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    return samples, int(rate)
+

@@ -1,0 +1,194 @@
+"""Batched encoding where every utterance gets exactly the codes that encoding it alone gives.
+
+Why masking is needed: ``SNAC.encode`` right-pads one signal with zeros to a multiple of
+``pad_multiple`` (2048 samples for 24 kHz) and every convolution of the encoder zero-pads its own
+input at the ends. In a batch, a shorter utterance is followed by more padding, and after the first
+layer that padding is no longer zero (biases, Snake), so the convolutions near its end see different
+values than when it is encoded alone: the last coarse frame (and the codes of the finer levels under
+it) can change. Here every utterance is padded to its own multiple of ``pad_multiple`` and the input
+of every encoder ``Conv1d`` is zeroed beyond that utterance's length at that layer's resolution, so
+each convolution sees exactly the zeros it would see for the utterance alone. Convolutions are the
+only encoder operations that mix time steps (Snake and the residual sums are pointwise; the
+quantizer pools whole frames; local attention windows divide ``pad_multiple``), hence the codes of
+each utterance are mathematically those of the single-utterance path.
+
+Long recordings are cut into windows of whole coarse frames, each extended by ``context`` frames
+on both sides (clipped at the ends). The codes of the extended window are computed and only the
+central frames are kept. When the context covers the encoder's receptive field (about 0.19 s each
+side for SNAC-24k, plus the 2048-sample frame), the kept codes depend on exactly the same samples as
+in whole-file encoding, so they are identical up to floating-point summation order; with a smaller
+context, codes within a frame or two of a join can differ.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from espnet_snac.frames import FRAME_SIZE, codes_to_frames
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One encoder input cut from utterance ``item``: samples ``[start, end)``; of its codes, the
+    coarse frames ``[keep_from, keep_from + keep_frames)`` are kept."""
+
+    item: int
+    start: int
+    end: int
+    keep_from: int
+    keep_frames: int
+
+
+def plan_pieces(item: int, num_samples: int, frame_samples: int, window_frames: int,
+                context_frames: int) -> List[Piece]:
+    """Cut an utterance of ``num_samples`` into pieces (one piece when it fits in a window).
+
+    ``window_frames <= 0`` disables windowing. Pieces start on coarse-frame boundaries so that
+    their frames coincide with the frames of the whole utterance.
+    """
+    total = math.ceil(num_samples / frame_samples)
+    if window_frames <= 0 or total <= window_frames + 2 * context_frames:
+        return [Piece(item, 0, num_samples, 0, total)]
+    pieces = []
+    for first in range(0, total, window_frames):
+        last = min(total, first + window_frames)
+        lo = max(0, first - context_frames)
+        hi = min(total, last + context_frames)
+        pieces.append(Piece(item, lo * frame_samples, min(num_samples, hi * frame_samples), first - lo, last - first))
+    return pieces
+
+
+@contextlib.contextmanager
+def masked_convolutions(encoder: nn.Module, lengths: torch.Tensor, total: int) -> Iterator[None]:
+    """Zero the input of every ``Conv1d`` in ``encoder`` beyond each row's valid length.
+
+    ``lengths (B,)`` are valid input samples per row (multiples of the encoder's total stride) of an
+    input of ``total`` samples; at a layer whose input has ``T`` steps, row ``b`` keeps
+    ``lengths[b] * T / total`` steps.
+    """
+
+    def zero_tail(module: nn.Module, args):
+        x = args[0]
+        steps = x.shape[-1]
+        if bool(((lengths * steps) % total).any()):
+            raise RuntimeError(
+                f"{type(module).__name__} input of {steps} steps does not divide the padded length {total}; "
+                "pad every utterance to a multiple of the model's pad_multiple"
+            )
+        valid = lengths * steps // total
+        keep = torch.arange(steps, device=x.device)[None, :] < valid[:, None]
+        return (x * keep[:, None, :].to(x.dtype),) + tuple(args[1:])
+
+    handles = [m.register_forward_pre_hook(zero_tail) for m in encoder.modules() if isinstance(m, nn.Conv1d)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def pad_multiple_of(model: nn.Module) -> int:
+    """Padding multiple of ours or of the official ``snac.SNAC``."""
+    multiple = getattr(model, "pad_multiple", None)
+    if multiple is None:  # official package: hop_length * lcm(vq_strides[0], attn_window_size or 1)
+        multiple = model.hop_length * math.lcm(model.vq_strides[0], getattr(model, "attn_window_size", None) or 1)
+    return int(multiple)
+
+
+@torch.no_grad()
+def encode_exact(model: nn.Module, audios: Sequence[torch.Tensor]) -> List[List[torch.Tensor]]:
+    """Encode 1-D signals of any lengths in one batch.
+
+    Returns per signal the list of per-level codes ``[(T_0,), (T_1,), ...]``, equal to
+    ``model.encode(audio[None, None])`` for that signal alone. All signals must be on one device.
+    """
+    if not audios:
+        return []
+    multiple = pad_multiple_of(model)
+    padded = [max(1, math.ceil(a.shape[-1] / multiple)) * multiple for a in audios]
+    total = max(padded)
+    first = next(model.parameters())
+    batch = torch.zeros(len(audios), 1, total, device=first.device, dtype=audios[0].dtype)
+    for row, a in enumerate(audios):
+        batch[row, 0, : a.shape[-1]] = a
+    lengths = torch.tensor(padded, device=first.device)
+    mixed = any(p != total for p in padded)
+    with masked_convolutions(model.encoder, lengths, total) if mixed else contextlib.nullcontext():
+        codes = model.encode(batch)
+    out = []
+    for row, p in enumerate(padded):
+        out.append([c[row, : c.shape[1] * p // total] for c in codes])
+    return out
+
+
+class BatchEncoder:
+    """Encode many utterances with length-sorted batches and windows for long ones.
+
+    ``encode(audios)`` returns per utterance an int32 array ``(frames, 7)`` (SNAC-24k layout), equal
+    to encoding the utterance alone when it fits in one window.
+    """
+
+    def __init__(self, model: nn.Module, batch_size: int = 8, window_seconds: float = 30.0,
+                 context_seconds: float = 0.5, dtype: torch.dtype = torch.float32,
+                 max_batch_samples: Optional[int] = None):
+        strides = list(model.vq_strides)
+        if strides != [4, 2, 1]:
+            raise ValueError(
+                f"the 7-token frame layout needs vq_strides [4, 2, 1] (SNAC-24k), this model has {strides}"
+            )
+        self.model = model
+        self.batch_size = max(1, int(batch_size))
+        self.frame_samples = pad_multiple_of(model)
+        rate = int(model.sampling_rate)
+        self.window_frames = int(window_seconds * rate) // self.frame_samples if window_seconds > 0 else 0
+        self.context_frames = math.ceil(context_seconds * rate / self.frame_samples) if context_seconds > 0 else 0
+        if window_seconds > 0 and self.window_frames < 1:
+            raise ValueError(f"window_seconds={window_seconds} is shorter than one frame "
+                             f"({self.frame_samples / rate:.3f} s)")
+        self.dtype = dtype
+        self.max_batch_samples = max_batch_samples
+        self.device = next(model.parameters()).device
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def batches(self, pieces: List[Piece]) -> Iterator[List[Piece]]:
+        """Length-sorted batches of at most ``batch_size`` pieces (and ``max_batch_samples``)."""
+        order = sorted(pieces, key=lambda p: p.end - p.start, reverse=True)
+        batch: List[Piece] = []
+        for p in order:
+            longest = (batch[0].end - batch[0].start) if batch else p.end - p.start
+            too_big = self.max_batch_samples and batch and longest * (len(batch) + 1) > self.max_batch_samples
+            if len(batch) == self.batch_size or too_big:
+                yield batch
+                batch = []
+            batch.append(p)
+        if batch:
+            yield batch
+
+    @torch.no_grad()
+    def encode(self, audios: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """``audios``: 1-D float arrays at the model rate -> per utterance ``(frames, 7)`` int32."""
+        pieces = [p for i, a in enumerate(audios)
+                  for p in plan_pieces(i, len(a), self.frame_samples, self.window_frames, self.context_frames)]
+        kept: dict = {}
+        for batch in self.batches(pieces):
+            signals = [torch.from_numpy(np.ascontiguousarray(audios[p.item][p.start:p.end], dtype=np.float32))
+                       .to(self.device) for p in batch]
+            with self._autocast():
+                codes = encode_exact(self.model, signals)
+            for p, levels in zip(batch, codes):
+                frames = codes_to_frames([c[None] for c in levels])[0]
+                kept[(p.item, p.start)] = frames[p.keep_from: p.keep_from + p.keep_frames].to(torch.int32).cpu()
+        parts: List[List[torch.Tensor]] = [[] for _ in audios]
+        for p in pieces:  # pieces are in time order within each utterance
+            parts[p.item].append(kept[(p.item, p.start)])
+        return [torch.cat(x).numpy() if x else np.zeros((0, FRAME_SIZE), np.int32) for x in parts]

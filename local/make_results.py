@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Write an experiment's RESULTS.md from the scoring of its test sets (recipe stage 5).
+
+Reads ``<scoring_dir>/results.json`` of every test set (written by ``espnet_snac.bin.score``) and
+the code layout of the trained model (as ESPnet's ``meta_info()``), which gives the bitrate:
+``sum over streams of log2(code_size) * fs / frame_shift`` bits/s (SNAC-24k: 7 x 12 bits per
+2048 samples = 0.98 kbps).
+
+Usage:
+    python local/make_results.py --exp_dir exp/codec_x --model_file exp/codec_x/latest.pth \
+        --scoring_dir test=exp/codec_x/decode_latest/test/scoring --output exp/codec_x/RESULTS.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+# (key in results.json, column title, number format)
+METRICS: List[Tuple[str, str, str]] = [
+    ("mel_distance", "mel distance ↓", "{:.3f}"),
+    ("stft_distance", "STFT distance ↓", "{:.3f}"),
+    ("si_snr", "SI-SNR (dB) ↑", "{:.2f}"),
+    ("pesq_wb", "PESQ-WB ↑", "{:.3f}"),
+    ("stoi", "STOI ↑", "{:.3f}"),
+]
+
+
+def codec_meta(model_file: Path) -> Dict:
+    """Code layout of the trained generator, in the terms of ESPnet's ``meta_info()``.
+
+    Level i of SNAC emits one code every ``hop_length * vq_strides[i]`` samples, so one coarse
+    frame (``hop_length * max(vq_strides)`` samples, 2048 at 24 kHz) holds
+    ``sum(max_stride / stride)`` codes (7 for strides [4, 2, 1]).
+    """
+    from espnet_snac.model import SNAC  # light import: no ESPnet task machinery
+
+    model = SNAC.from_pretrained(str(model_file))
+    strides = list(model.vq_strides)
+    coarse = max(strides)
+    streams = sum(coarse // s for s in strides)
+    return {
+        "fs": int(model.sampling_rate),
+        "num_streams": streams,
+        "frame_shift": int(model.hop_length) * coarse,
+        "code_size_per_stream": [int(model.codebook_size)] * streams,
+        "generator_params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def bitrate_bps(meta: Dict) -> float:
+    """Bits per second of the codes: every stream emits one code per ``frame_shift`` samples."""
+    bits_per_frame = sum(math.log2(size) for size in meta["code_size_per_stream"])
+    return bits_per_frame * meta["fs"] / meta["frame_shift"]
+
+
+def _fmt(value, pattern: str) -> str:
+    if value is None:
+        return "n/a"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return pattern.format(value) if math.isfinite(value) else "nan"
+
+
+def _rel(path: Path, start: Path) -> str:
+    return os.path.relpath(path, start)
+
+
+def render(
+    exp_dir: Path,
+    model_file: Path,
+    meta: Dict,
+    sets: Sequence[Tuple[str, Path]],
+) -> str:
+    """The Markdown text of RESULTS.md."""
+    from importlib.metadata import version
+
+    import torch
+
+    bps = bitrate_bps(meta)
+    tokens_per_s = meta["num_streams"] * meta["fs"] / meta["frame_shift"]
+    lines = [
+        f"# RESULTS: {exp_dir.name}",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"- model: `{_rel(model_file, exp_dir)}` (config: `config.yaml`)",
+        f"- environment: python {platform.python_version()}, torch {torch.__version__}, "
+        f"espnet {version('espnet')}",
+        f"- codec: {meta['fs']} Hz, {meta['num_streams']} streams x "
+        f"{meta['code_size_per_stream'][0]} codes per {meta['frame_shift']} samples "
+        f"= {tokens_per_s:.2f} tokens/s x {math.log2(meta['code_size_per_stream'][0]):g} bits "
+        f"= **{bps / 1000:.2f} kbps**",
+    ]
+    if "generator_params" in meta:
+        lines.append(f"- generator parameters: {meta['generator_params']:,}")
+    lines += [
+        "",
+        "## Reconstruction metrics (averages over utterances)",
+        "",
+        "| set | utts | failed | " + " | ".join(title for _, title, _ in METRICS) + " | bitrate (kbps) |",
+        "|---|---:|---:|" + "---:|" * len(METRICS) + "---:|",
+    ]
+    for name, scoring_dir in sets:
+        results = json.loads((scoring_dir / "results.json").read_text(encoding="utf-8"))
+        cells = [name, str(results.get("num_utts", "n/a")), str(results.get("num_failed", "n/a"))]
+        cells += [_fmt(results.get(key), pattern) for key, _, pattern in METRICS]
+        cells.append(f"{bps / 1000:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Files", ""]
+    for name, scoring_dir in sets:
+        decode_dir = scoring_dir.parent
+        lines.append(f"- {name}: reconstructions `{_rel(decode_dir / 'wav', exp_dir)}/`, "
+                     f"per-utterance scores `{_rel(scoring_dir / 'utt_results.tsv', exp_dir)}`, "
+                     f"summary `{_rel(scoring_dir / 'results.md', exp_dir)}`")
+        for png in sorted((scoring_dir / "plots").glob("*.png")) if (scoring_dir / "plots").is_dir() else []:
+            lines.append(f"  - ![{png.stem}]({_rel(png, exp_dir)})")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _parse_set(text: str) -> Tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=SCORING_DIR, got {text!r}")
+    return name, Path(path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exp_dir", type=Path, required=True, help="experiment directory (holds config.yaml)")
+    parser.add_argument("--model_file", type=Path, required=True, help="the checkpoint that was decoded")
+    parser.add_argument("--scoring_dir", type=_parse_set, action="append", required=True,
+                        help="NAME=DIR with DIR/results.json; repeat per test set")
+    parser.add_argument("--output", type=Path, required=True, help="the RESULTS.md to write")
+    args = parser.parse_args(argv)
+
+    config = args.exp_dir / "config.yaml"
+    for path in [config, args.model_file] + [d / "results.json" for _, d in args.scoring_dir]:
+        if not path.exists():
+            print(f"make_results: {path} not found (run stages 4 and 5 first)", file=sys.stderr)
+            return 1
+    meta = codec_meta(args.model_file)
+    text = render(args.exp_dir, args.model_file, meta, args.scoring_dir)
+    tmp = args.output.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
