@@ -61,11 +61,16 @@ def _read_official_dir(path: Path, map_location) -> Tuple[Dict, Dict]:
     return config, state
 
 
+def _epoch_number(p: Path) -> int:
+    digits = p.name.split("epoch")[0]
+    return int(digits) if digits.isdigit() else -1
+
+
 def _pick_espnet_weights(path: Path) -> Path:
     for pattern in ESPNET_WEIGHT_PATTERNS:
         found = sorted(path.glob(pattern))
         if found:
-            return found[-1] if pattern == "*epoch.pth" else found[0]
+            return max(found, key=_epoch_number) if pattern == "*epoch.pth" else found[0]
     raise CheckpointError(f"{path}: ESPnet experiment without any .pth; train it first or pass the .pth path")
 
 

@@ -79,9 +79,12 @@ def recipe(tmp_path_factory):
     corpus = tmp / "corpus"
     _make_subset(corpus)
     work = tmp / "work"
+    # A private copy: the run must not see edits of the repository's config while it runs.
+    config = tmp / "train_tiny.yaml"
+    shutil.copy(RECIPE / TINY_CONFIG, config)
     env = dict(os.environ, DEMO_CORPUS=str(corpus), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     common = [
-        "--workdir", str(work), "--train_config", TINY_CONFIG, "--tag", TAG,
+        "--workdir", str(work), "--train_config", str(config), "--tag", TAG,
         "--nj", "1", "--inference_nj", "1", "--test_sets", "test",
         "--plot_spectrograms", "2", "--python", sys.executable,
     ]

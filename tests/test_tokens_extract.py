@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from espnet_snac.audio_io import load_mono
+from espnet_snac.audio_io import load_mono, resample
 from espnet_snac.bin.extract_tokens import main
 from espnet_snac.frames import codes_to_frames, frames_to_codes
 from espnet_snac.model import SNAC, SNAC_24KHZ
@@ -160,7 +160,7 @@ def test_torchrun_two_cpu_ranks_equal_one_process(setup, tmp_path):
     assert _run(setup, one, "--formats", "ark,text") == 0
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "espnet_snac.bin.extract_tokens", "--model", str(root / "model"), "--wav_scp", str(root / "wav.scp"),
            "--output_dir", str(two), "--num_workers", "0", "--batch_size", "3", "--no_progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
@@ -174,3 +174,29 @@ def test_torchrun_two_cpu_ranks_equal_one_process(setup, tmp_path):
     assert (one / "rejected.tsv").read_text() == (two / "rejected.tsv").read_text()
     stats = json.loads((two / "stats.json").read_text())
     assert stats["this_run"]["ranks"] == 2 and stats["written"] + stats["rejected"] == stats["utterances_in"]
+
+
+def test_data_dir_with_segments_and_ark_audio(setup, tmp_path):
+    root, model = setup
+    first = next(iter(ln.split()[1] for ln in (root / "wav.scp").read_text().splitlines()))
+    audio16, _ = sf.read(first, dtype="int16")
+    data = tmp_path / "data"
+    data.mkdir()
+    kaldiio.save_ark(str(data / "audio.ark"), {"rec_ark": (16000, audio16)}, scp=str(data / "ark.scp"))
+    ark_value = (data / "ark.scp").read_text().split()[1]
+    (data / "wav.scp").write_text(f"rec_file {first}\nrec_ark {ark_value}\n")
+    half = len(audio16) / 2 / 16000
+    (data / "segments").write_text(f"a_seg1 rec_file 0.0 {half:.3f}\na_seg2 rec_file {half:.3f} -1\n"
+                                   f"b_seg1 rec_ark 0.5 1.25\n")
+    out = tmp_path / "out"
+    assert main(["--model", str(root / "model"), "--data_dir", str(data), "--output_dir", str(out),
+                 "--num_workers", "0", "--no_progress"]) == 0
+    codes = {k: np.asarray(v).reshape(-1, 7) for k, v in kaldiio.load_scp(str(out / "codes.scp")).items()}
+    assert sorted(codes) == ["a_seg1", "a_seg2", "b_seg1"]
+    lo = int(round(half * 16000))
+    pieces = {"a_seg1": audio16[:lo], "a_seg2": audio16[lo:], "b_seg1": audio16[8000:20000]}
+    for utt, pcm in pieces.items():
+        x = resample(pcm.astype(np.float32) / 32768, 16000, 24000)
+        with torch.no_grad():
+            expected = codes_to_frames(model.encode(torch.from_numpy(x)[None, None]))[0].numpy()
+        assert np.array_equal(codes[utt], expected), utt

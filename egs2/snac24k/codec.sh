@@ -263,12 +263,13 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     for d in "$train_dir" "$valid_dir"; do
         [ -f "${d}/.done" ] || die "Stage 3: ${d} is not formatted (run stage 2)"
     done
-    fp=$(fingerprint "${train_dir}/wav.scp" "${valid_dir}/wav.scp" "$train_config")
+    # Codec statistics are the audio shapes: they depend on the data only, not on the config.
+    fp=$(fingerprint "${train_dir}/wav.scp" "${valid_dir}/wav.scp")
     state=$(stage_state "$marker" "$fp")
     if [ "$state" = done ]; then
         log "Stage 3: statistics in ${stats_dir} are up to date; skipping"
     else
-        [ "$state" = stale ] && { log "Stage 3: data or config changed; recomputing ${stats_dir}"; rm -rf "$stats_dir"; }
+        [ "$state" = stale ] && { log "Stage 3: data changed; recomputing ${stats_dir}"; rm -rf "$stats_dir"; }
         logdir=${stats_dir}/logdir
         mkdir -p "$logdir"
         _nj=$(min "$nj" "$(count_lines "${train_dir}/wav.scp")" "$(count_lines "${valid_dir}/wav.scp")")

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
-import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from espnet_snac.tokens.batching import BatchEncoder
@@ -54,7 +51,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="train a sentencepiece BPE with this many units on this set and write text_bpe")
     p.add_argument("--bpe_model", type=Path, default=None,
                    help="apply an existing BPE model (trained on the train set) and write text_bpe")
-    p.add_argument("--batch_size", type=int, default=8, help="utterances (or windows) per batch")
+    p.add_argument("--batch_size", type=int, default=0,
+                   help="utterances (or windows) per batch; 0: 1 on CPU (batching does not pay there), 16 on CUDA")
     p.add_argument("--max_batch_seconds", type=float, default=0.0,
                    help="also cap a batch at this much padded audio (0: no cap)")
     p.add_argument("--pool_size", type=int, default=0,
@@ -266,6 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("give either --bpe_nunits (train on this set) or --bpe_model (apply), not both")
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
+    if args.batch_size <= 0:
+        args.batch_size = 16 if args.device == "cuda" else 1
 
     if args.data_dir is not None:
         wav_scp = args.data_dir / "wav.scp"

@@ -14,10 +14,11 @@ each utterance are mathematically those of the single-utterance path.
 
 Long recordings are cut into windows of whole coarse frames, each extended by ``context`` frames
 on both sides (clipped at the ends). The codes of the extended window are computed and only the
-central frames are kept. When the context covers the encoder's receptive field (about 0.19 s each
-side for SNAC-24k, plus the 2048-sample frame), the kept codes depend on exactly the same samples as
-in whole-file encoding, so they are identical up to floating-point summation order; with a smaller
-context, codes within a frame or two of a join can differ.
+central frames are kept. The encoder's receptive field reaches about 5.3k samples (0.22 s) to each
+side of a latent step for SNAC-24k; when the context covers it (default 0.5 s), the kept codes depend
+on exactly the same samples as in whole-file encoding and are identical up to floating-point
+summation order. Without context, codes within a frame or two of each join change (a test
+measures this).
 """
 from __future__ import annotations
 
