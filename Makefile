@@ -20,7 +20,7 @@ venv:
 	@if ! $(VENV)/bin/python -c "import espnet_snac, espnet2, snac, pytest" 2>/dev/null; then \
 		echo "setting up $(VENV)"; \
 		test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV); \
-		$(VENV)/bin/python -m pip install --upgrade pip; \
+		$(VENV)/bin/python -m pip install "pip<25"; \
 		$(VENV)/bin/python -m pip install -e '.[test]'; \
 	fi
 

@@ -70,29 +70,20 @@ def _check_pair(ref: torch.Tensor, hyp: torch.Tensor) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _mel_transforms(sample_rate: int) -> tuple:
-    import torchaudio
+def _mel_loss(sample_rate: int):
+    from .losses import MultiScaleMelLoss
 
-    transforms = []
     with warnings.catch_warnings():
         # tiny windows at high rates leave some top mel bands empty; DAC accepts that too
         warnings.simplefilter("ignore", UserWarning)
-        for win, n_mels in zip(MEL_WINDOWS, MEL_BANDS):
-            transforms.append(
-                torchaudio.transforms.MelSpectrogram(
-                    sample_rate=sample_rate,
-                    n_fft=win,
-                    win_length=win,
-                    hop_length=win // 4,
-                    n_mels=n_mels,
-                    power=1.0,  # magnitude mel, as in DAC (pow=1)
-                    center=True,
-                    pad_mode="reflect",
-                    norm="slaney",
-                    mel_scale="slaney",
-                )
-            )
-    return tuple(transforms)
+        return MultiScaleMelLoss(sample_rate, MEL_WINDOWS, MEL_BANDS, clamp_eps=MEL_CLAMP)
+
+
+@functools.lru_cache(maxsize=1)
+def _stft_loss():
+    from .losses import MultiResolutionSTFTLoss
+
+    return MultiResolutionSTFTLoss(STFT_FFT_SIZES, eps=STFT_CLAMP)
 
 
 def _pad_for_window(x: torch.Tensor, n_fft: int) -> torch.Tensor:
@@ -103,42 +94,27 @@ def _pad_for_window(x: torch.Tensor, n_fft: int) -> torch.Tensor:
 
 @torch.no_grad()
 def mel_distance(ref: Signal, hyp: Signal, sample_rate: int) -> float:
-    """DAC-style multi-scale log-mel L1 distance (sum over the 7 scales of the mean abs log10 error)."""
+    """DAC-style multi-scale log-mel L1 distance: the unweighted training mel loss
+    (:class:`espnet_snac.losses.MultiScaleMelLoss`), sum over the 7 scales of the mean abs log10 error."""
     r, h = _as_tensor(ref), _as_tensor(hyp)
     _check_pair(r, h)
-    total = 0.0
-    for transform, win in zip(_mel_transforms(int(sample_rate)), MEL_WINDOWS):
-        mr = transform(_pad_for_window(r, win)).clamp(min=MEL_CLAMP).log10()
-        mh = transform(_pad_for_window(h, win)).clamp(min=MEL_CLAMP).log10()
-        total += (mr - mh).abs().mean().item()
-    return float(total)
+    n = max(MEL_WINDOWS)
+    return float(_mel_loss(int(sample_rate))(_pad_for_window(h, n).view(1, 1, -1), _pad_for_window(r, n).view(1, 1, -1)))
 
 
 @torch.no_grad()
 def stft_distance(ref: Signal, hyp: Signal) -> float:
-    """Multi-resolution STFT distance: mean over FFT sizes of (spectral convergence + log-magnitude L1).
+    """Multi-resolution STFT distance: mean over FFT sizes of (spectral convergence + log-magnitude L1),
+    as :class:`espnet_snac.losses.MultiResolutionSTFTLoss`.
 
     Spectral convergence = ||S_ref - S_hyp||_F / ||S_ref||_F on magnitudes; log-magnitude L1 = mean
     |log S_ref - log S_hyp| with magnitudes clamped at 1e-7. Hann windows, hop n_fft / 4.
     """
     r, h = _as_tensor(ref), _as_tensor(hyp)
     _check_pair(r, h)
-    total = 0.0
-    for n_fft in STFT_FFT_SIZES:
-        window = torch.hann_window(n_fft)
-        spec = []
-        for x in (r, h):
-            s = torch.stft(
-                _pad_for_window(x, n_fft), n_fft, hop_length=n_fft // 4, window=window,
-                center=True, pad_mode="reflect", return_complex=True,
-            )
-            spec.append(s.abs().clamp(min=STFT_CLAMP))
-        sr_mag, sh_mag = spec
-        ref_norm = torch.linalg.norm(sr_mag)
-        convergence = (torch.linalg.norm(sr_mag - sh_mag) / ref_norm.clamp(min=STFT_CLAMP)).item()
-        log_l1 = (sr_mag.log() - sh_mag.log()).abs().mean().item()
-        total += convergence + log_l1
-    return float(total / len(STFT_FFT_SIZES))
+    n = max(STFT_FFT_SIZES)
+    sc, mag = _stft_loss()(_pad_for_window(h, n).view(1, 1, -1), _pad_for_window(r, n).view(1, 1, -1))
+    return float(sc + mag)
 
 
 def _si_snr_formula(ref: torch.Tensor, hyp: torch.Tensor, eps: float) -> float:

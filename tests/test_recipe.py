@@ -4,7 +4,8 @@ One module-scoped run does, in a temporary work directory:
 1. stages 1-4 with ``--max_epoch 1`` (an interrupted training, as far as the recipe knows),
 2. stages 1-6 with the config's ``max_epoch: 2``: stages 1-3 are skipped, training resumes from
    ``checkpoint.pth`` and runs epoch 2 only, then decoding, scoring and tokens,
-3. the same command again: every stage is skipped and no file changes.
+3. the same command again: every stage is skipped and no file changes,
+4. stage 7 (packing).
 The tests then check each stage's outputs.
 """
 from __future__ import annotations
@@ -93,6 +94,7 @@ def recipe(tmp_path_factory):
     before = _snapshot(work)
     third = _run([*common, "--stage", "1", "--stop_stage", "6"], env)
     after = _snapshot(work)
+    _run([*common, "--stage", "7", "--stop_stage", "7"], env)
     return {
         "work": work, "env": env, "common": common,
         "logs": (first.stdout + first.stderr, second.stdout + second.stderr, third.stdout + third.stderr),
@@ -189,6 +191,26 @@ def test_stage6_tokens_decode_back_to_audio(recipe):
             assert torch.equal(got, want)
         wav = model.decode(codes, length=len(audio), noise_seed=0)
     assert wav.shape == (1, 1, len(audio)) and torch.isfinite(wav).all()
+
+
+def test_stage7_packed_model_loads_in_official_package(recipe):
+    import zipfile
+
+    import torch
+
+    snac = pytest.importorskip("snac")
+    from espnet_snac.model import SNAC
+
+    packed = recipe["exp"] / "packed"
+    with zipfile.ZipFile(packed / "model.zip") as zf:
+        names = zf.namelist()
+    assert "meta.yaml" in names and any(n.endswith("config.yaml") for n in names)
+    official = snac.SNAC.from_pretrained(str(packed / "snac_24khz"))
+    ours = SNAC.from_pretrained(str(recipe["exp"] / "latest.pth"))
+    audio = torch.from_numpy(np.random.default_rng(0).standard_normal(4096 * 3).astype(np.float32) * 0.1)
+    with torch.no_grad():
+        for a, b in zip(official.encode(audio.view(1, 1, -1)), ours.encode(audio.view(1, 1, -1))):
+            assert torch.equal(a, b)
 
 
 def test_second_run_does_no_work(recipe):
