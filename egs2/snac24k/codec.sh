@@ -196,13 +196,17 @@ log "data: ${datadir}  dump: ${dumpdir}  experiment: ${codec_exp}  backend: ${cm
 # ---------------------------------------------------------------------------------------------
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
     marker=${datadir}/.done_stage1
-    fp="dataset=${dataset} fs=${fs} audio_format=${audio_format} sets=${all_sets} opts=${data_opts}"
+    fp="dataset=${dataset} fs=${fs} audio_format=${audio_format} opts=${data_opts}"
     case $(stage_state "$marker" "$fp") in
         done)
             log "Stage 1: data preparation already done for '${dataset}' (${marker}); skipping"
+            for dset in $all_sets; do
+                [ -s "${datadir}/${dset}/wav.scp" ] ||
+                    die "Stage 1: ${datadir} has no set '${dset}' (sets: $(cd "$datadir" && ls -d */ | tr -d / | tr '\n' ' '))"
+            done
             ;;
         stale)
-            die "Stage 1: ${datadir} was prepared with other settings ($(cat "$marker")); " \
+            die "Stage 1: ${datadir} was prepared with other settings ($(cat "$marker")):" \
                 "use another --workdir/--datadir or remove ${datadir}"
             ;;
         todo)
