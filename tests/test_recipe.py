@@ -1,9 +1,9 @@
 """The recipe egs2/snac24k end to end (stages 1-6) on a subset of the demo corpus, tiny model.
 
 One module-scoped run does, in a temporary work directory:
-1. stages 1-4 with ``--max_epoch 1`` (an interrupted training, as far as the recipe knows),
-2. stages 1-6 with the config's ``max_epoch: 2``: stages 1-3 are skipped, training resumes from
-   ``checkpoint.pth`` and runs epoch 2 only, then decoding, scoring and tokens,
+1. stages 1-4, killed (SIGKILL to the whole process group) once epoch 1 of 2 has been saved,
+2. stages 1-6 again: stages 1-3 are skipped, training resumes from ``checkpoint.pth`` and runs
+   epoch 2 only, then decoding, scoring and tokens,
 3. the same command again: every stage is skipped and no file changes,
 4. stage 7 (packing).
 The tests then check each stage's outputs.
@@ -14,8 +14,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -39,6 +41,28 @@ def _run(args: List[str], env: Dict[str, str], check: bool = True) -> subprocess
     if check and proc.returncode != 0:
         raise AssertionError(f"run.sh {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def _run_killed_after_first_epoch(args: List[str], env: Dict[str, str], exp: Path, log_path: Path) -> str:
+    """Start run.sh and SIGKILL its process group as soon as epoch 1 is saved; returns its output."""
+    with open(log_path, "w+") as log:
+        proc = subprocess.Popen(["bash", "./run.sh", *args], cwd=RECIPE, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 600
+        # 1epoch.pth is written after checkpoint.pth, so the checkpoint is complete by then.
+        while not (exp / "1epoch.pth").exists():
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                log.seek(0)
+                raise AssertionError(f"run.sh ended before epoch 1 was saved:\n{log.read()}")
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.seek(0)
+        output = log.read()
+    assert proc.returncode == -signal.SIGKILL, "the training finished before it could be killed"
+    assert not (exp / "2epoch.pth").exists()
+    return output
 
 
 def _make_subset(dst: Path) -> None:
@@ -89,7 +113,9 @@ def recipe(tmp_path_factory):
         "--nj", "1", "--inference_nj", "1", "--test_sets", "test",
         "--plot_spectrograms", "2", "--python", sys.executable,
     ]
-    first = _run([*common, "--stage", "1", "--stop_stage", "4", "--train_args", "--max_epoch 1"], env)
+    exp = work / "exp" / f"codec_{TAG}"
+    first = _run_killed_after_first_epoch([*common, "--stage", "1", "--stop_stage", "4"], env, exp,
+                                         tmp / "killed_run.log")
     second = _run([*common, "--stage", "1", "--stop_stage", "6"], env)
     before = _snapshot(work)
     third = _run([*common, "--stage", "1", "--stop_stage", "6"], env)
@@ -97,9 +123,9 @@ def recipe(tmp_path_factory):
     _run([*common, "--stage", "7", "--stop_stage", "7"], env)
     return {
         "work": work, "env": env, "common": common,
-        "logs": (first.stdout + first.stderr, second.stdout + second.stderr, third.stdout + third.stderr),
+        "logs": (first, second.stdout + second.stderr, third.stdout + third.stderr),
         "snapshots": (before, after),
-        "exp": work / "exp" / f"codec_{TAG}",
+        "exp": exp,
     }
 
 
@@ -134,8 +160,8 @@ def test_stage4_training_resumed_from_checkpoint(recipe):
     exp = recipe["exp"]
     first_log = (exp / "train.1.log").read_text(encoding="utf-8")
     second_log = (exp / "train.log").read_text(encoding="utf-8")
-    assert "1/1epoch started" in first_log
-    # The second run continued the first one: it resumed and trained only epoch 2.
+    assert "1/2epoch started" in first_log and "2epoch results" not in first_log
+    # The second run continued the killed one: it resumed and trained only epoch 2.
     assert "resumed" in second_log.lower() and "checkpoint.pth" in second_log
     assert "2/2epoch started" in second_log and "1/2epoch started" not in second_log
     assert os.path.realpath(exp / "latest.pth").endswith("2epoch.pth")
