@@ -21,7 +21,6 @@ from typing import List, Optional, Sequence, Tuple
 
 PROG = "espnet-snac"
 ESPNET_WEIGHTS_NAME = "latest.pth"  # a name SNAC.from_pretrained finds in an experiment directory
-ESPNET_GENERATOR_PREFIX = "codec.generator."
 
 
 class CLIError(Exception):
@@ -237,6 +236,8 @@ def _refuse_overwrite(directory: Path, names: Sequence[str], force: bool) -> Non
 def cmd_convert(args) -> dict:
     import torch
     import yaml
+
+    from espnet_snac.checkpoints import ESPNET_GENERATOR_PREFIX
 
     src, dst = Path(args.src), Path(args.dst)
     to = args.to

@@ -46,6 +46,31 @@ def read_scp(path: Union[str, Path]) -> "OrderedDict[str, str]":
     return entries
 
 
+def read_segments(path: Union[str, Path]) -> "OrderedDict[str, Tuple[str, float, float]]":
+    """Kaldi ``segments``: ``utt recording start end`` (seconds; end -1 = end of recording).
+
+    Keeps file order; a malformed line or a repeated utterance id raises ``ScpError``.
+    """
+    segments: "OrderedDict[str, Tuple[str, float, float]]" = OrderedDict()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScpError(f"{path}: cannot read segments file ({exc.strerror or exc})") from exc
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 4:
+            raise ScpError(f"{path}:{lineno}: expected 'utt recording start end', got {line.strip()!r}")
+        if parts[0] in segments:
+            raise ScpError(f"{path}:{lineno}: duplicate utterance id {parts[0]!r}")
+        try:
+            segments[parts[0]] = (parts[1], float(parts[2]), float(parts[3]))
+        except ValueError:
+            raise ScpError(f"{path}:{lineno}: start/end must be numbers, got {line.strip()!r}") from None
+    return segments
+
+
 def is_kaldi_entry(value: str) -> bool:
     """True for ark offsets (``x.ark:123``) and pipe commands (``cmd |``)."""
     return value.rstrip().endswith("|") or bool(_ARK_ENTRY.match(value))

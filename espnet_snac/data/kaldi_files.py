@@ -1,29 +1,12 @@
-"""Kaldi ``segments`` reading and atomic writing of Kaldi text files (temp file + rename).
+"""Atomic writing of Kaldi text files (temp file + rename).
 
-Key-value files (wav.scp, utt2spk) are read with ``espnet_snac.scp.read_scp``."""
+Kaldi files are read with ``espnet_snac.scp`` (``read_scp``, ``read_segments``)."""
 from __future__ import annotations
 
 import os
 import tempfile
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Tuple
-
-
-def read_segments(path: str) -> Dict[str, Tuple[str, float, float]]:
-    """Kaldi ``segments``: ``utt recording start end`` (seconds; end -1 = end of recording)."""
-    segments: Dict[str, Tuple[str, float, float]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 4:
-                raise ValueError(f"{path}:{lineno}: expected 'utt recording start end', got {line.strip()!r}")
-            try:
-                segments[parts[0]] = (parts[1], float(parts[2]), float(parts[3]))
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: start/end must be numbers, got {line.strip()!r}") from None
-    return segments
+from typing import Iterable, List, Tuple
 
 
 def atomic_write_text(path: str, text: str) -> None:

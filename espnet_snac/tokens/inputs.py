@@ -10,7 +10,7 @@ import soundfile as sf
 from torch.utils.data import Dataset
 
 from espnet_snac.audio_io import AudioError, resample, to_mono
-from espnet_snac.scp import is_kaldi_entry, load_scp_audio, read_scp
+from espnet_snac.scp import is_kaldi_entry, load_scp_audio, read_scp, read_segments
 
 
 @dataclass(frozen=True)
@@ -28,20 +28,11 @@ def read_inputs(wav_scp: Path, segments: Optional[Path] = None) -> List[InputIte
     recordings = read_scp(wav_scp)
     if segments is None:
         return [InputItem(u, v) for u, v in recordings.items()]
-    items, seen = [], set()
-    for lineno, line in enumerate(Path(segments).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 4:
-            raise ValueError(f"{segments}:{lineno}: expected '<utt> <recording> <start> <end>', got {line!r}")
-        utt, rec, start, end = parts
+    items = []
+    for utt, (rec, start, end) in read_segments(segments).items():
         if rec not in recordings:
-            raise ValueError(f"{segments}:{lineno}: recording {rec!r} is not in {wav_scp}")
-        if utt in seen:
-            raise ValueError(f"{segments}:{lineno}: duplicate utterance id {utt!r}")
-        seen.add(utt)
-        items.append(InputItem(utt, recordings[rec], float(start), float(end)))
+            raise ValueError(f"{segments}: segment {utt} names recording {rec!r}, which is not in {wav_scp}")
+        items.append(InputItem(utt, recordings[rec], start, end))
     return items
 
 
