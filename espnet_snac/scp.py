@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Iterator, Tuple, Union
 
 import numpy as np
 
@@ -22,27 +22,36 @@ class ScpError(ValueError):
     """A malformed scp file (message names the file and the line)."""
 
 
+def _keyed_lines(path: Union[str, Path], kind: str) -> Iterator[Tuple[int, str]]:
+    """``(line number, stripped line)`` of the non-blank lines of a Kaldi list whose first field
+    (the utterance id) must be unique; an unreadable file or a repeated id raises ``ScpError``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScpError(f"{path}: cannot read {kind} file ({exc.strerror or exc})") from exc
+    seen = set()
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        key = line.split(maxsplit=1)[0]
+        if key in seen:
+            raise ScpError(f"{path}:{lineno}: duplicate utterance id {key!r}")
+        seen.add(key)
+        yield lineno, line
+
+
 def read_scp(path: Union[str, Path]) -> "OrderedDict[str, str]":
     """Read ``utt_id value`` lines (value may contain spaces); keeps file order.
 
     Blank lines are skipped; a line without a value or a repeated id raises ``ScpError``.
     """
     entries: "OrderedDict[str, str]" = OrderedDict()
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScpError(f"{path}: cannot read scp file ({exc.strerror or exc})") from exc
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line:
-            continue
+    for lineno, line in _keyed_lines(path, "scp"):
         parts = line.split(maxsplit=1)
         if len(parts) != 2:
             raise ScpError(f"{path}:{lineno}: expected '<utt_id> <path>', got {line!r}")
-        key, value = parts
-        if key in entries:
-            raise ScpError(f"{path}:{lineno}: duplicate utterance id {key!r}")
-        entries[key] = value
+        entries[parts[0]] = parts[1]
     return entries
 
 
@@ -52,22 +61,14 @@ def read_segments(path: Union[str, Path]) -> "OrderedDict[str, Tuple[str, float,
     Keeps file order; a malformed line or a repeated utterance id raises ``ScpError``.
     """
     segments: "OrderedDict[str, Tuple[str, float, float]]" = OrderedDict()
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScpError(f"{path}: cannot read segments file ({exc.strerror or exc})") from exc
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in _keyed_lines(path, "segments"):
         parts = line.split()
-        if not parts:
-            continue
         if len(parts) != 4:
-            raise ScpError(f"{path}:{lineno}: expected 'utt recording start end', got {line.strip()!r}")
-        if parts[0] in segments:
-            raise ScpError(f"{path}:{lineno}: duplicate utterance id {parts[0]!r}")
+            raise ScpError(f"{path}:{lineno}: expected 'utt recording start end', got {line!r}")
         try:
             segments[parts[0]] = (parts[1], float(parts[2]), float(parts[3]))
         except ValueError:
-            raise ScpError(f"{path}:{lineno}: start/end must be numbers, got {line.strip()!r}") from None
+            raise ScpError(f"{path}:{lineno}: start/end must be numbers, got {line!r}") from None
     return segments
 
 
