@@ -10,6 +10,7 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from espnet_snac.fast import FastPath, FoldedWeights, has_hooks
 from espnet_snac.layers import Decoder, Encoder, NoiseBlock
 from espnet_snac.quantizer import ResidualVectorQuantize
 
@@ -69,6 +70,17 @@ class SNAC(nn.Module):
         self.quantizer = ResidualVectorQuantize(latent_dim, codebook_size, codebook_dim, vq_strides)
         self.decoder = Decoder(latent_dim, decoder_dim, decoder_rates, noise, depthwise=depthwise,
                                attn_window_size=attn_window_size)
+        #: Use :mod:`espnet_snac.fast` in eval mode without autograd (set False to force the plain path).
+        self.fast_inference = True
+        self._folded = FoldedWeights()  # not a buffer: never in the state dict
+
+    def train(self, mode: bool = True) -> "SNAC":
+        self._folded.clear()  # frees the folded weights; they are rebuilt on the next fast call
+        return super().train(mode)
+
+    def uses_fast_path(self) -> bool:
+        """True when ``encode`` / ``decode`` take the fast path: eval mode and autograd disabled."""
+        return self.fast_inference and not self.training and not torch.is_grad_enabled()
 
     # ------------------------------------------------------------------ shapes
     def preprocess(self, audio: torch.Tensor) -> torch.Tensor:
@@ -104,7 +116,28 @@ class SNAC(nn.Module):
         """``audio (B, 1, T)`` -> codes ``[(B, T_0), (B, T_1), ...]`` (coarse to fine)."""
         if audio.dim() != 3 or audio.shape[1] != 1:
             raise ValueError(f"encode expects audio of shape (B, 1, T), got {tuple(audio.shape)}")
-        return self.quantizer(self.encoder(self.preprocess(audio))).codes
+        x = self.preprocess(audio)
+        # Hooks on encoder modules (e.g. masks of tokens.batching) need the module calls.
+        if self.uses_fast_path() and not has_hooks(self.encoder):
+            z = FastPath(self._folded).run(self.encoder, x)
+        else:
+            z = self.encoder(x)
+        return self.quantizer(z).codes
+
+    def encode_masked(self, audio: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
+        """``encode`` of a batch whose row ``b`` is valid for ``lengths[b]`` samples.
+
+        ``audio (B, 1, T)`` with ``T`` and every length multiples of :attr:`pad_multiple`; the input
+        of every encoder convolution is zeroed past each row's length, so each row gets the codes of
+        encoding it alone (see :mod:`espnet_snac.tokens.batching`). Fast path only.
+        """
+        total = audio.shape[-1]
+        if total % self.pad_multiple or any(int(n) % self.pad_multiple for n in lengths):
+            raise ValueError(f"encode_masked needs lengths and T that are multiples of {self.pad_multiple}")
+        if not self.uses_fast_path():
+            raise RuntimeError("encode_masked runs in eval mode without autograd (torch.inference_mode())")
+        z = FastPath(self._folded, lengths, total).run(self.encoder, audio.clone())
+        return self.quantizer(z).codes
 
     def decode(self, codes: Sequence[torch.Tensor], length: Optional[int] = None,
                noise_seed: Optional[int] = None, add_noise: bool = True) -> torch.Tensor:
@@ -116,7 +149,10 @@ class SNAC(nn.Module):
         """
         z_q = self.quantizer.from_codes(codes)
         with self.noise(seed=noise_seed, enabled=add_noise, device=z_q.device):
-            audio = self.decoder(z_q)
+            if self.uses_fast_path() and not has_hooks(self.decoder):
+                audio = FastPath(self._folded).run(self.decoder, z_q)
+            else:
+                audio = self.decoder(z_q)
         return audio if length is None else audio[..., :length]
 
     @contextlib.contextmanager

@@ -1,0 +1,173 @@
+"""Inference fast path of the SNAC encoder and decoder (no autograd, eval mode).
+
+The plain modules spend most of their CPU time outside the convolutions: each Snake allocates five
+full-size temporaries (mul, sin, pow, mul, add), every weight-normalised conv recomputes its weight
+on every call, and residual sums allocate once more. This path walks the same modules and computes:
+
+- Snake with one temporary and in-place ``sin_ / square_ / mul_ / add_``: the same arithmetic in
+  the same order, hence bit-identical to :class:`espnet_snac.layers.Snake1d`;
+- convolutions with weights folded once (``g * v / ||v||``, the value the parametrization yields) and
+  cached until a parameter changes (in place, by an optimizer or a load, or by ``.to()``);
+- residual sums in place (``y += x``, bit-identical to ``x + y``).
+
+Encoder outputs, hence codes, are bit-identical to the plain modules. The decoder additionally runs
+its transposed convolutions as a stride-1 convolution over polyphase weights (faster on CPU; equal
+up to float summation order, checked to 1e-4 by the tests). Modules without a fast form here
+(NoiseBlock, LocalMHA, Tanh) are called as usual, so their behaviour (e.g. the noise generator)
+is unchanged. Everything else - state-dict keys, checkpoints, training - stays on the plain path.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from espnet_snac.layers import (Decoder, DecoderBlock, Encoder, EncoderBlock, ResidualUnit, Snake1d)
+
+
+def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``x + sin(alpha x)^2 / (alpha + 1e-9)`` with a single temporary; bit-identical to Snake1d."""
+    y = torch.mul(alpha, x)
+    return y.sin_().square_().mul_((alpha + 1e-9).reciprocal()).add_(x)
+
+
+def _weight_sources(conv: nn.Module) -> Tuple[torch.Tensor, ...]:
+    if parametrize.is_parametrized(conv, "weight"):
+        return (conv.parametrizations.weight.original0, conv.parametrizations.weight.original1)
+    return (conv.weight,)
+
+
+class FoldedWeights:
+    """Conv weights with weight norm applied, recomputed only when one of their sources changed.
+
+    A source counts as changed when its storage, device, dtype or in-place version counter differs
+    from the cached one (``load_state_dict``, optimizer steps and ``.to()`` all change one of them).
+    The polyphase form of each transposed convolution is cached the same way.
+    """
+
+    def __init__(self) -> None:
+        # conv module -> {form: (source key, folded weight)}; weak so that dropped modules go away.
+        self._store: "weakref.WeakKeyDictionary[nn.Module, Dict[str, Tuple[tuple, torch.Tensor]]]" = (
+            weakref.WeakKeyDictionary())
+
+    @staticmethod
+    def _key(sources: Tuple[torch.Tensor, ...]) -> tuple:
+        return tuple((p.data_ptr(), p.device, p.dtype, p._version) for p in sources)
+
+    def get(self, conv: nn.Module, form: str = "plain") -> torch.Tensor:
+        sources = _weight_sources(conv)
+        key = self._key(sources)
+        forms = self._store.setdefault(conv, {})
+        hit = forms.get(form)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.no_grad():
+            weight = conv.weight.detach()
+            if form == "polyphase":
+                weight = polyphase_weight(weight, conv.stride[0])
+        forms[form] = (key, weight)
+        return weight
+
+    def clear(self) -> None:
+        self._store.clear()
+
+
+def polyphase_weight(weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """ConvTranspose1d weight ``(C_in, C_out, K)`` -> Conv1d weight ``(stride * C_out, C_in, M)``.
+
+    A transposed convolution with stride ``s`` writes output sample ``q * s + r`` from inputs
+    ``q - m`` through tap ``m * s + r``. Grouping the taps by phase ``r`` gives ``s`` ordinary
+    convolutions of ``M = ceil(K / s)`` taps (kernel flipped, because a convolution correlates),
+    stacked here as output channels ``r * C_out + c``.
+    """
+    c_in, c_out, k = weight.shape
+    taps = math.ceil(k / stride)
+    w = F.pad(weight, (0, taps * stride - k))  # (C_in, C_out, M * s), zero taps past K
+    w = w.reshape(c_in, c_out, taps, stride).flip(2)  # [ci, co, j, r] = tap (M-1-j) * s + r
+    return w.permute(3, 1, 0, 2).reshape(stride * c_out, c_in, taps).contiguous()
+
+
+def conv_transpose_polyphase(x: torch.Tensor, conv: nn.ConvTranspose1d, weight: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` computed as one stride-1 convolution plus an interleave; ``x (B, C_in, T)``."""
+    stride, pad, out_pad = conv.stride[0], conv.padding[0], conv.output_padding[0]
+    k = conv.kernel_size[0]
+    b, _, t = x.shape
+    taps = weight.shape[-1]
+    c_out = weight.shape[0] // stride
+    y = F.conv1d(x, weight, None, padding=taps - 1)  # (B, s * C_out, T + M - 1)
+    y = y.reshape(b, stride, c_out, -1).permute(0, 2, 3, 1).reshape(b, c_out, -1)  # sample q*s + r
+    length = (t - 1) * stride - 2 * pad + k + out_pad
+    y = y[..., pad: pad + length]
+    if conv.bias is not None:
+        y = y + conv.bias[:, None]
+    return y
+
+
+class FastPath:
+    """Runs :class:`Encoder` / :class:`Decoder` modules with the fast kernels of this module.
+
+    ``lengths`` (encoder only): per row, the valid input samples of a batch of ``total`` samples;
+    the input of every Conv1d is then zeroed beyond each row's valid length at that layer's
+    resolution (see :mod:`espnet_snac.tokens.batching`), done in place on the tail only.
+    """
+
+    def __init__(self, weights: FoldedWeights, lengths: Optional[torch.Tensor] = None, total: int = 0):
+        self.weights = weights
+        self.lengths = None if lengths is None else [int(n) for n in lengths]
+        self.total = total
+
+    # ------------------------------------------------------------------ layers
+    def conv(self, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+        if self.lengths is not None:
+            x = self._zero_tail(x)
+        return F.conv1d(x, self.weights.get(conv), conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def _zero_tail(self, x: torch.Tensor) -> torch.Tensor:
+        steps = x.shape[-1]
+        if any(n * steps % self.total for n in self.lengths):
+            raise RuntimeError(f"conv input of {steps} steps does not divide the padded length {self.total}; "
+                               "pad every utterance to a multiple of the model's pad_multiple")
+        for row, n in enumerate(self.lengths):
+            valid = n * steps // self.total
+            if valid < steps:
+                x[row, :, valid:] = 0
+        return x
+
+    def residual_unit(self, unit: ResidualUnit, x: torch.Tensor) -> torch.Tensor:
+        snake1, conv1, snake2, conv2 = unit.block
+        y = self.conv(conv1, snake(x, snake1.alpha))
+        y = self.conv(conv2, snake(y, snake2.alpha))
+        trim = (x.shape[-1] - y.shape[-1]) // 2
+        if trim > 0:
+            x = x[..., trim:-trim]
+        return y.add_(x)
+
+    # ------------------------------------------------------------------ walking
+    def run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(module, (nn.Sequential, Encoder, Decoder, EncoderBlock, DecoderBlock)):
+            for child in (module if isinstance(module, nn.Sequential) else module.children()):
+                x = self.run(child, x)
+            return x
+        if isinstance(module, ResidualUnit):
+            return self.residual_unit(module, x)
+        if isinstance(module, Snake1d):
+            return snake(x, module.alpha)
+        if isinstance(module, nn.ConvTranspose1d):
+            if self.lengths is not None:
+                raise RuntimeError("length masks apply to the encoder only")
+            return conv_transpose_polyphase(x, module, self.weights.get(module, "polyphase"))
+        if isinstance(module, nn.Conv1d):
+            return self.conv(module, x)
+        if isinstance(module, nn.Tanh):
+            return x.tanh_()
+        return module(x)  # NoiseBlock, LocalMHA: unchanged behaviour
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """True if any submodule carries forward hooks (which a fast path would bypass)."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
