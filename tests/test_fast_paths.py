@@ -1,0 +1,192 @@
+"""Inference fast paths (espnet_snac.fast): codes identical to the official package, decoded audio
+within 1e-4 of the plain path under one noise seed, batch 1 and 8, 24 and 32 kHz architectures;
+training and autograd keep the plain path."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import torch
+
+from espnet_snac import fast
+from espnet_snac.layers import Snake1d
+from espnet_snac.model import SNAC, SNAC_24KHZ, SNAC_32KHZ
+from espnet_snac.tokens.batching import encode_exact
+from speech_samples import demo_files, synthetic_speech
+
+snac_official = pytest.importorskip("snac")
+
+# The 32 kHz architecture (local attention, four levels, stride 3) at reduced width: same code paths.
+SMALL_32KHZ: Dict = dict(SNAC_32KHZ, encoder_dim=16, decoder_dim=128)
+CONFIGS = {"24k": SNAC_24KHZ, "32k": SMALL_32KHZ}
+
+
+def _speech(rate: int, n: int, seconds: float) -> List[np.ndarray]:
+    """``n`` crops of real speech (demo corpus; synthetic speech without it), mixed lengths."""
+    from espnet_snac.audio_io import load_mono
+
+    files = demo_files()
+    out = []
+    for i in range(n):
+        length = int(rate * seconds * (0.55 + 0.45 * ((i * 7) % n) / max(1, n - 1)))
+        if files:
+            audio = load_mono(files[i % len(files)], rate)[0]
+            start = min(rate // 5, max(0, len(audio) - length))
+            audio = audio[start:start + length]
+        else:
+            audio = synthetic_speech(rate, length / rate + 0.01, seed=i)[:length]
+        out.append(np.ascontiguousarray(audio, dtype=np.float32))
+    return out
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def pair(request):
+    """(ours, official, config name) with one set of random weights."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    ours = SNAC(**CONFIGS[request.param]).eval()
+    official = snac_official.SNAC(**CONFIGS[request.param]).eval()
+    official.load_state_dict(ours.state_dict(), strict=True)
+    return ours, official, request.param
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_fast_codes_identical_to_official(pair, batch):
+    ours, official, _ = pair
+    audio = _speech(ours.sampling_rate, batch, 0.8 if batch == 1 else 0.3)
+    length = min(len(a) for a in audio)
+    x = torch.stack([torch.from_numpy(a[:length]) for a in audio])[:, None]
+    with torch.inference_mode():
+        assert ours.uses_fast_path()
+        got = ours.encode(x)
+        want = official.encode(x)
+    assert len(got) == len(want)
+    for level, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), f"level {level}: {(g != w).sum().item()} codes differ"
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_fast_decode_matches_plain_path(pair, batch):
+    ours, _, _ = pair
+    torch.manual_seed(1)
+    frames = ours.num_frames(ours.pad_multiple)
+    codes = [torch.randint(0, ours.codebook_size, (batch, n)) for n in frames]
+    with torch.inference_mode():
+        fast_audio = ours.decode(codes, noise_seed=7)
+        ours.fast_inference = False
+        try:
+            plain_audio = ours.decode(codes, noise_seed=7)
+        finally:
+            ours.fast_inference = True
+    assert fast_audio.shape == plain_audio.shape == (batch, 1, ours.pad_multiple)
+    assert (fast_audio - plain_audio).abs().max().item() <= 1e-4
+
+
+def test_masked_batch_equals_one_by_one(pair):
+    """Mixed lengths in one masked call (fast path, in-place masks) give each row's own codes."""
+    ours, official, _ = pair
+    audio = [torch.from_numpy(a) for a in _speech(ours.sampling_rate, 3, 0.5)]
+    with torch.inference_mode():
+        batched = encode_exact(ours, audio, rows_per_call=0)
+        for a, row in zip(audio, batched):
+            alone = official.encode(a[None, None])
+            for level, (r, w) in enumerate(zip(row, alone)):
+                assert torch.equal(r, w[0]), f"level {level}"
+
+
+def test_snake_is_bit_identical():
+    torch.manual_seed(0)
+    layer = Snake1d(16)
+    with torch.no_grad():
+        layer.alpha.uniform_(0.2, 3.0)
+    x = torch.randn(3, 16, 301) * 4
+    with torch.no_grad():
+        assert torch.equal(fast.snake(x, layer.alpha), layer(x))
+
+
+@pytest.mark.parametrize("stride", [2, 3, 4, 8])
+def test_polyphase_transposed_conv(stride):
+    torch.manual_seed(stride)
+    conv = torch.nn.ConvTranspose1d(12, 5, kernel_size=2 * stride, stride=stride,
+                                    padding=(stride + 1) // 2, output_padding=stride % 2)
+    x = torch.randn(2, 12, 17)
+    with torch.no_grad():
+        want = conv(x)
+        got = fast.conv_transpose_polyphase(x, conv, fast.polyphase_weight(conv.weight, stride))
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_train_mode_and_autograd_use_plain_path(monkeypatch):
+    torch.manual_seed(0)
+    model = SNAC(**SMALL_32KHZ)
+    x = torch.from_numpy(_speech(32000, 1, 0.3)[0])[None, None]
+    calls = []
+    real_init = fast.FastPath.__init__
+
+    def spy(self, *args, **kwargs):  # one FastPath per fast encode / decode call
+        calls.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(fast.FastPath, "__init__", spy)
+
+    with torch.no_grad():
+        model.train()
+        assert not model.uses_fast_path()
+        model.encode(x)
+    assert not calls
+    model.eval()
+    model.encode(x)  # autograd enabled: plain path
+    assert not calls
+    with torch.inference_mode():
+        codes = model.encode(x)
+        model.decode(codes, noise_seed=0)
+    assert len(calls) == 2
+    model.train()
+    with torch.no_grad():
+        model.encode(x)
+    assert len(calls) == 2
+
+
+def test_gradients_and_weight_updates_after_fast_calls():
+    """Fast calls leave training intact: gradients flow, the state dict is unchanged, and a weight
+    update is seen by the next fast call (the folded-weight cache is invalidated)."""
+    torch.manual_seed(0)
+    model = SNAC(**SMALL_32KHZ).eval()
+    keys = list(model.state_dict())
+    x = torch.from_numpy(_speech(32000, 1, 0.3)[0])[None, None]
+    with torch.inference_mode():
+        codes = model.encode(x)
+        before = model.decode(codes, noise_seed=0)
+    assert list(model.state_dict()) == keys
+
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    out = model.forward_with_losses(x)
+    (out.audio_hat.abs().mean() + out.commitment_loss.sum()).backward()
+    grads = [p.grad for p in model.decoder.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    opt.step()
+
+    model.eval()
+    with torch.inference_mode():
+        after = model.decode(codes, noise_seed=0)
+        model.fast_inference = False
+        plain = model.decode(codes, noise_seed=0)
+        model.fast_inference = True
+    assert not torch.allclose(after, before)
+    assert (after - plain).abs().max().item() <= 1e-4
+
+
+def test_hooks_force_plain_path():
+    """A forward hook on an encoder module must run: such calls go through the modules."""
+    torch.manual_seed(0)
+    model = SNAC(**SMALL_32KHZ).eval()
+    seen = []
+    handle = model.encoder.block[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.inference_mode():
+        model.encode(torch.zeros(1, 1, model.pad_multiple))
+    handle.remove()
+    assert len(seen) == 1
