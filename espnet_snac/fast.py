@@ -92,6 +92,24 @@ def polyphase_weight(weight: torch.Tensor, stride: int) -> torch.Tensor:
     return w.permute(3, 1, 0, 2).reshape(stride * c_out, c_in, taps).contiguous()
 
 
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Kernel-1 conv as one GEMM ``(C_out, C_in) @ (B, C_in, T)``; skips the per-call weight reorder
+    of the CPU conv kernels, which dominates for wide layers at low frame rates."""
+    y = torch.matmul(weight[:, :, 0], x)
+    return y if bias is None else y.add_(bias[:, None])
+
+
+def conv_taps(x: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Tensor:
+    """Stride-1, ungrouped conv with a short kernel as one GEMM per tap (see :func:`pointwise`)."""
+    taps = weight.shape[-1]
+    x = F.pad(x, (pad, pad))
+    length = x.shape[-1] - taps + 1
+    y = torch.matmul(weight[:, :, 0], x[..., :length])
+    for j in range(1, taps):
+        y += torch.matmul(weight[:, :, j], x[..., j: j + length])
+    return y
+
+
 def conv_transpose_polyphase(x: torch.Tensor, conv: nn.ConvTranspose1d, weight: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` computed as one stride-1 convolution plus an interleave; ``x (B, C_in, T)``."""
     stride, pad, out_pad = conv.stride[0], conv.padding[0], conv.output_padding[0]
@@ -99,7 +117,7 @@ def conv_transpose_polyphase(x: torch.Tensor, conv: nn.ConvTranspose1d, weight: 
     b, _, t = x.shape
     taps = weight.shape[-1]
     c_out = weight.shape[0] // stride
-    y = F.conv1d(x, weight, None, padding=taps - 1)  # (B, s * C_out, T + M - 1)
+    y = conv_taps(x, weight, taps - 1)  # (B, s * C_out, T + M - 1)
     y = y.reshape(b, stride, c_out, -1).permute(0, 2, 3, 1).reshape(b, c_out, -1)  # sample q*s + r
     length = (t - 1) * stride - 2 * pad + k + out_pad
     y = y[..., pad: pad + length]
@@ -116,11 +134,10 @@ class FastPath:
     resolution (see :mod:`espnet_snac.tokens.batching`), done in place on the tail only.
     """
 
-    #: Elements per time tile of a residual unit on CPU (B * C * tile * 4 bytes ~ 256 KiB of cache).
-    tile_elements = 65536
-
-    def __init__(self, weights: FoldedWeights, lengths: Optional[torch.Tensor] = None, total: int = 0):
+    def __init__(self, weights: FoldedWeights, lengths: Optional[torch.Tensor] = None, total: int = 0,
+                 exact: bool = True):
         self.weights = weights
+        self.exact = exact
         self.lengths = None if lengths is None else [int(n) for n in lengths]
         self.total = total
 
@@ -128,6 +145,8 @@ class FastPath:
     def conv(self, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         if self.lengths is not None:
             self._zero_tail(x, x.shape[-1])
+        if not self.exact and conv.kernel_size[0] == 1 and conv.groups == 1:
+            return pointwise(x, self.weights.get(conv), conv.bias)
         return F.conv1d(x, self.weights.get(conv), conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
     def _zero_tail(self, x: torch.Tensor, steps: int, offset: int = 0) -> None:
@@ -142,34 +161,13 @@ class FastPath:
                 x[row, :, max(0, valid):] = 0
 
     def residual_unit(self, unit: ResidualUnit, x: torch.Tensor) -> torch.Tensor:
-        """The unit over time tiles small enough for the CPU cache, written into one output.
-
-        Each tile reads ``halo`` extra input steps per side for the dilated conv; edges get the
-        conv's own zero padding. Untiled, every one of the ~8 operations streams the whole
-        activation through memory, which is what bounds the plain path on CPU.
-        """
         snake1, conv1, snake2, conv2 = unit.block
-        if conv1.padding[0] * 2 != conv1.dilation[0] * (conv1.kernel_size[0] - 1) or conv1.stride[0] != 1:
-            raise ValueError("ResidualUnit fast path expects a 'same' padded stride-1 conv")
-        b, c, t = x.shape
-        halo = conv1.padding[0]
-        tile = t if x.device.type != "cpu" else max(2 * halo, self.tile_elements // (b * c))
-        w1, w2 = self.weights.get(conv1), self.weights.get(conv2)
-        out = torch.empty_like(x)
-        for start in range(0, t, tile):
-            end = min(t, start + tile)
-            lo, hi = max(0, start - halo), min(t, end + halo)
-            h = snake(x[..., lo:hi], snake1.alpha)
-            if self.lengths is not None:
-                self._zero_tail(h, t, lo)
-            h = F.pad(h, (halo - (start - lo), halo - (hi - end)))
-            h = F.conv1d(h, w1, conv1.bias, 1, 0, conv1.dilation, conv1.groups)
-            h = snake(h, snake2.alpha)
-            if self.lengths is not None:
-                self._zero_tail(h, t, start)
-            h = F.conv1d(h, w2, conv2.bias)
-            torch.add(h, x[..., start:end], out=out[..., start:end])
-        return out
+        y = self.conv(conv1, snake(x, snake1.alpha))
+        y = self.conv(conv2, snake(y, snake2.alpha))
+        trim = (x.shape[-1] - y.shape[-1]) // 2
+        if trim > 0:
+            x = x[..., trim:-trim]
+        return y.add_(x)
 
     # ------------------------------------------------------------------ walking
     def run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:

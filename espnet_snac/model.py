@@ -150,7 +150,7 @@ class SNAC(nn.Module):
         z_q = self.quantizer.from_codes(codes)
         with self.noise(seed=noise_seed, enabled=add_noise, device=z_q.device):
             if self.uses_fast_path() and not has_hooks(self.decoder):
-                audio = FastPath(self._folded).run(self.decoder, z_q)
+                audio = FastPath(self._folded, exact=False).run(self.decoder, z_q)
             else:
                 audio = self.decoder(z_q)
         return audio if length is None else audio[..., :length]
