@@ -11,10 +11,11 @@ on every call, and residual sums allocate once more. This path walks the same mo
 - residual sums in place (``y += x``, bit-identical to ``x + y``).
 
 Encoder outputs, hence codes, are bit-identical to the plain modules. The decoder additionally runs
-its transposed convolutions as a stride-1 convolution over polyphase weights (faster on CPU; equal
-up to float summation order, checked to 1e-4 by the tests). Modules without a fast form here
-(NoiseBlock, LocalMHA, Tanh) are called as usual, so their behaviour (e.g. the noise generator)
-is unchanged. Everything else - state-dict keys, checkpoints, training - stays on the plain path.
+kernel-1 convolutions as one GEMM and transposed convolutions as GEMMs over polyphase weights
+(the CPU conv kernels re-layout wide weights on every call; equal up to float summation order,
+checked to 1e-4 by the tests). Modules without a fast form here (NoiseBlock, LocalMHA) are called
+as usual, so their behaviour (e.g. the noise generator) is unchanged. Everything else - state-dict
+keys, checkpoints, training - stays on the plain path.
 """
 from __future__ import annotations
 
@@ -132,13 +133,17 @@ class FastPath:
     ``lengths`` (encoder only): per row, the valid input samples of a batch of ``total`` samples;
     the input of every Conv1d is then zeroed beyond each row's valid length at that layer's
     resolution (see :mod:`espnet_snac.tokens.batching`), done in place on the tail only.
+    ``exact=False`` (decoder) also runs kernel-1 convolutions as GEMMs: faster on CPU, equal up to
+    float summation order.
     """
 
     def __init__(self, weights: FoldedWeights, lengths: Optional[torch.Tensor] = None, total: int = 0,
                  exact: bool = True):
         self.weights = weights
         self.exact = exact
-        self.lengths = None if lengths is None else [int(n) for n in lengths]
+        if lengths is not None:  # plain ints: one device sync here instead of one per layer
+            lengths = [int(n) for n in (lengths.tolist() if torch.is_tensor(lengths) else lengths)]
+        self.lengths = lengths
         self.total = total
 
     # ------------------------------------------------------------------ layers

@@ -124,7 +124,7 @@ class SNAC(nn.Module):
             z = self.encoder(x)
         return self.quantizer(z).codes
 
-    def encode_masked(self, audio: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
+    def encode_masked(self, audio: torch.Tensor, lengths: Union[torch.Tensor, Sequence[int]]) -> List[torch.Tensor]:
         """``encode`` of a batch whose row ``b`` is valid for ``lengths[b]`` samples.
 
         ``audio (B, 1, T)`` with ``T`` and every length multiples of :attr:`pad_multiple`; the input
@@ -132,7 +132,8 @@ class SNAC(nn.Module):
         encoding it alone (see :mod:`espnet_snac.tokens.batching`). Fast path only.
         """
         total = audio.shape[-1]
-        if total % self.pad_multiple or any(int(n) % self.pad_multiple for n in lengths):
+        lengths = [int(n) for n in (lengths.tolist() if torch.is_tensor(lengths) else lengths)]
+        if total % self.pad_multiple or any(n % self.pad_multiple for n in lengths):
             raise ValueError(f"encode_masked needs lengths and T that are multiples of {self.pad_multiple}")
         if not self.uses_fast_path():
             raise RuntimeError("encode_masked runs in eval mode without autograd (torch.inference_mode())")
