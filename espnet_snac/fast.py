@@ -149,21 +149,21 @@ class FastPath:
     # ------------------------------------------------------------------ layers
     def conv(self, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         if self.lengths is not None:
-            self._zero_tail(x, x.shape[-1])
+            self._zero_tail(x)
         if not self.exact and conv.kernel_size[0] == 1 and conv.groups == 1:
             return pointwise(x, self.weights.get(conv), conv.bias)
         return F.conv1d(x, self.weights.get(conv), conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
-    def _zero_tail(self, x: torch.Tensor, steps: int, offset: int = 0) -> None:
-        """Zero, in place, the steps of ``x`` (steps ``offset...`` of a ``steps``-long layer input)
-        that lie past each row's valid length."""
+    def _zero_tail(self, x: torch.Tensor) -> None:
+        """Zero, in place, the steps of a conv input ``x (B, C, T)`` past each row's valid length."""
+        steps = x.shape[-1]
         if any(n * steps % self.total for n in self.lengths):
             raise RuntimeError(f"conv input of {steps} steps does not divide the padded length {self.total}; "
                                "pad every utterance to a multiple of the model's pad_multiple")
         for row, n in enumerate(self.lengths):
-            valid = n * steps // self.total - offset
-            if valid < x.shape[-1]:
-                x[row, :, max(0, valid):] = 0
+            valid = n * steps // self.total
+            if valid < steps:
+                x[row, :, valid:] = 0
 
     def residual_unit(self, unit: ResidualUnit, x: torch.Tensor) -> torch.Tensor:
         snake1, conv1, snake2, conv2 = unit.block

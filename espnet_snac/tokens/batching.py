@@ -107,9 +107,9 @@ def default_rows_per_call(device: torch.device) -> int:
 
     On CPU a batch is never faster than its rows one by one: the convolutions already use every
     core on one utterance, and B-times larger activations only add memory traffic (each Snake and
-    residual sum streams the whole batch through memory). Measured on 2 cores: 8 equal-length
-    utterances in one call took 1.4x the time of the same 8 one by one; mixed lengths add the
-    padding to the longest row and, with masks, one more full pass per convolution (8x in all).
+    residual sum streams the whole batch through memory). Measured on 2 cores with 8 utterances:
+    equal lengths in one call took 1.4x the time of one by one; mixed lengths (padding to the
+    longest row, plus one full masking pass per convolution) 3.5x.
     So on CPU rows go one at a time, each trimmed to its own padded length - the single-utterance
     path itself, with no masking needed.
     """
