@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from espnet_snac.audio_io import load_mono, resample, to_mono  # noqa: E402
+from espnet_snac.audio_io import load_mono, to_mono  # noqa: E402
 from espnet_snac.model import SNAC, SNAC_24KHZ  # noqa: E402
 from espnet_snac.scp import load_scp_audio, read_scp  # noqa: E402
 from espnet_snac.tokens.batching import default_rows_per_call, encode_exact  # noqa: E402
