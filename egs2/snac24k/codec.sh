@@ -34,6 +34,8 @@ max_wav_duration=30      # longer utterances are rejected in stage 2 (seconds; 0
 audio_format=flac        # flac | ark: storage of the dumped audio
 train_config=            # training config (yaml)
 train_args=              # extra options for gan_codec_train (e.g. "--max_epoch 10")
+num_iters=               # optimizer steps of the training (default: the config's own total on one device)
+batch_size=              # global batch in chunks, split over GPUs and nodes (default: the config's)
 init_param=              # fine-tune from this model (ESPnet --init_param syntax)
 tag=                     # experiment name suffix (default: train_config file name)
 inference_model=         # checkpoint of the experiment for stages 5-7 (default: valid.mel_loss.best.pth, else latest.pth)
@@ -316,7 +318,8 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     [ -f "${stats_dir}/.done" ] || die "Stage 4: statistics missing (run stage 3)"
     marker=${codec_exp}/.done_train
     fp=$(fingerprint "$train_config" "${stats_dir}/.done" -- \
-        "train_args=${train_args} init_param=${init_param} ngpu=${ngpu} num_nodes=${num_nodes}")
+        "train_args=${train_args} init_param=${init_param} ngpu=${ngpu} num_nodes=${num_nodes}" \
+        "num_iters=${num_iters} batch_size=${batch_size}")
     state=$(stage_state "$marker" "$fp")
     if [ "$state" = done ]; then
         log "Stage 4: training in ${codec_exp} already finished; skipping"
@@ -334,6 +337,21 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         printf '%s--stage 4 "$@"\n' "$run_args" > "${codec_exp}/run.sh"
         chmod +x "${codec_exp}/run.sh"
 
+        # The plan turns the step count and global batch into ESPnet's per-rank chunk-iterator
+        # options for this corpus and world size (see README "Planning a run").
+        plan_opts=(--speech_shape "${stats_dir}/train/audio_shape" --config "$train_config"
+            --ngpu "$ngpu" --num_nodes "$num_nodes")
+        [ -n "$num_iters" ] && plan_opts+=(--num_iters "$num_iters")
+        [ -n "$batch_size" ] && plan_opts+=(--batch_size "$batch_size")
+        "$python" -m espnet_snac.bin.plan_training "${plan_opts[@]}" > "${codec_exp}/plan.txt" 2> "${codec_exp}/plan.err" ||
+            { cat "${codec_exp}/plan.err" >&2; die "Stage 4: the run cannot be planned (${codec_exp}/plan.err)"; }
+        rm -f "${codec_exp}/plan.err"
+        tail -n 1 "${codec_exp}/plan.txt" > "${codec_exp}/plan.json"
+        sed '$d' "${codec_exp}/plan.txt" | while IFS= read -r line; do log "Stage 4: plan: ${line}"; done
+        read -r plan_k plan_epochs plan_batch < <("$python" -c \
+            'import json,sys; p=json.load(open(sys.argv[1])); print(p["num_iters_per_epoch"], p["max_epoch"], p["batch_size"])' \
+            "${codec_exp}/plan.json")
+
         opts=(--config "$train_config"
             --use_preprocessor true
             --train_data_path_and_name_and_type "${train_dir}/wav.scp,audio,${data_type}"
@@ -342,7 +360,8 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
             --valid_shape_file "${stats_dir}/valid/audio_shape"
             --resume true
             --output_dir "$codec_exp"
-            --ngpu "$ngpu")
+            --ngpu "$ngpu"
+            --num_iters_per_epoch "$plan_k" --max_epoch "$plan_epochs" --batch_size "$plan_batch")
         [ -n "$init_param" ] && opts+=(--init_param "$init_param")
         if [ "$ngpu" -gt 1 ] || [ "$num_nodes" -gt 1 ]; then
             opts+=(--multiprocessing_distributed true)
