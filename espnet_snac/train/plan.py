@@ -226,6 +226,10 @@ def plan_training(
     ``ceil(num_iters / max_epoch)`` steps.
     """
     settings = ChunkSettings.from_config(config, source)
+    for key in ("batch_size", "max_epoch", "num_iters_per_epoch"):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise PlanError(f"{source}: {key} must be an integer, got {type(value).__name__} {value!r}")
     lengths = np.asarray(lengths, dtype=np.int64)
     world = world_size_of(ngpu, num_nodes)
     batch = int(config.get("batch_size", ESPNET_DEFAULTS["batch_size"]) if batch_size is None else batch_size)
