@@ -127,6 +127,14 @@ def test_cli_prints_plan_and_json_last(tmp_path):
         [sys.executable, "-m", "espnet_snac.bin.plan_training", "--speech_shape", str(shape), "--config",
          str(PAPER), "--ngpu", "32"], capture_output=True, text=True)
     assert bad.returncode == 1 and "smaller than the world size 32" in bad.stderr and str(shape) in bad.stderr
+    # Default: the paper's 800k steps; "config": the config's own epochs on one device.
+    base = [sys.executable, "-m", "espnet_snac.bin.plan_training", "--speech_shape", str(shape), "--config",
+            str(PAPER), "--ngpu", "1"]
+    paper = json.loads(subprocess.run(base, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    own = json.loads(subprocess.run(base + ["--num_iters", "config"], capture_output=True, text=True,
+                                    check=True).stdout.splitlines()[-1])
+    assert paper["target_iterations"] == 800_000 <= paper["total_iterations"]
+    assert own["num_iters_per_epoch"] == 12300 and own["total_iterations"] == own["target_iterations"]
 
 
 def test_bad_shape_file_is_named(tmp_path):

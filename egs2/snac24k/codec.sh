@@ -341,7 +341,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         # options for this corpus and world size (see README "Planning a run").
         plan_opts=(--speech_shape "${stats_dir}/train/audio_shape" --config "$train_config"
             --ngpu "$ngpu" --num_nodes "$num_nodes")
-        [ -n "$num_iters" ] && plan_opts+=(--num_iters "$num_iters")
+        plan_opts+=(--num_iters "${num_iters:-config}")
         [ -n "$batch_size" ] && plan_opts+=(--batch_size "$batch_size")
         "$python" -m espnet_snac.bin.plan_training "${plan_opts[@]}" > "${codec_exp}/plan.txt" 2> "${codec_exp}/plan.err" ||
             { cat "${codec_exp}/plan.err" >&2; die "Stage 4: the run cannot be planned (${codec_exp}/plan.err)"; }
