@@ -90,6 +90,8 @@ def test_polarity_flips_about_half_and_is_deterministic():
     torch.testing.assert_close(y.abs(), x)
     again, _ = BatchAugment(sampling_rate=FS, normalize_loudness=False, reject_quiet=False, seed=5)(x)
     assert torch.equal(again, y)
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert torch.equal(aug(x, generator=g1)[0], aug(x, generator=g2)[0])
     state = aug.state_dict()
     a, _ = aug(x)
     aug.load_state_dict(state)

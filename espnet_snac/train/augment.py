@@ -20,7 +20,7 @@ full-scale 1 kHz sine measures -3.0 LUFS. The random draws use a CPU ``torch.Gen
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -143,14 +143,23 @@ class BatchAugment:
         self.generator.set_state(state["generator"])
 
     @torch.no_grad()
-    def __call__(self, audio: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """``audio (B, T)`` -> ``(B', T)`` and stats; B' < B when excerpts are dropped (B' may be 0)."""
+    def __call__(self, audio: torch.Tensor,
+                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """``audio (B, T)`` -> ``(B', T)`` and stats; B' < B when excerpts are dropped (B' may be 0).
+
+        The random draws come from ``generator`` when given (on any device), else from the
+        augmenter's own CPU generator (seeded with ``seed``)."""
         if audio.dim() != 2:
             raise ValueError(f"BatchAugment expects audio (B, T), got shape {tuple(audio.shape)}")
         if not self.enabled or audio.shape[0] == 0:
             return audio, {}
         batch = audio.shape[0]
         device = audio.device
+        gen = generator or self.generator
+
+        def draw_uniform() -> torch.Tensor:
+            return torch.rand(batch, generator=gen, device=gen.device).to(device)
+
         finite = torch.isfinite(audio).all(dim=1)
         clean = torch.where(finite[:, None], audio, torch.zeros_like(audio))
         measure = self.normalize_loudness or (self.reject_quiet and self.quiet != "keep")
@@ -171,10 +180,10 @@ class BatchAugment:
         scale = torch.pow(10.0, gain_db / 20)
         flipped = torch.zeros_like(finite)
         if self.random_polarity:
-            flipped = (torch.rand(batch, generator=self.generator) < self.polarity_prob).to(device)
+            flipped = draw_uniform() < self.polarity_prob
             scale = torch.where(flipped, -scale, scale)
         # Row indices of the output; "replace" fills the rejected rows with random kept ones.
-        draw = torch.rand(batch, generator=self.generator).to(device) if self.quiet == "replace" else None
+        draw = draw_uniform() if self.quiet == "replace" else None
         out = clean * scale[:, None].to(audio.dtype)
         keep_f = keep.float()
         # One host synchronisation for all statistics and the kept count.
