@@ -60,7 +60,10 @@ def check_kwargs(where: str, conf: Optional[Mapping[str, Any]], target: Callable
     if not isinstance(conf, Mapping):
         raise ConfigError(f"{where} must be a mapping of options, got {type(conf).__name__} {conf!r}")
     fn = target.__init__ if inspect.isclass(target) else target
-    hints = typing.get_type_hints(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that cannot be resolved here: check the keys only
+        hints = {}
     params = {n: p for n, p in inspect.signature(fn).parameters.items()
               if n not in ("self", "kwargs", "args") and n not in set(exclude)}
     allowed = {n: hints.get(n, Any) for n in params}
