@@ -29,7 +29,8 @@ def effective_bandwidth(mono: np.ndarray, sr: int, floor_db: float = FLOOR_DB) -
     if mono.shape[0] < n_fft:
         return None
     hop = max(n_fft // 2, (mono.shape[0] - n_fft) // 199)
-    frames = np.lib.stride_tricks.sliding_window_view(mono.astype(np.float64), n_fft)[::hop]
+    # A strided view: only the (at most 200) selected frames are copied, also for hour-long files.
+    frames = np.lib.stride_tricks.sliding_window_view(mono, n_fft)[::hop][:200].astype(np.float64)
     power = (np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1)) ** 2).mean(axis=0)
     if power.max() <= 0:
         return None
