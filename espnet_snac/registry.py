@@ -4,6 +4,11 @@ ESPnet has no plugin mechanism: ``GANCodecTask`` builds models from the module-l
 ``espnet2.tasks.gan_codec.codec_choices``, so the class must be in it before a parser is built.
 Importing that module costs seconds, so ``import espnet_snac`` does not force it: if the task module
 is not loaded yet, a one-shot import hook registers ``snac`` the moment it is.
+
+Installing the package also installs ``espnet_snac_hook.pth`` in site-packages (see setup.py): every
+interpreter runs :func:`register_when_imported` at start-up (this module and the package
+``__init__`` only; no torch, no espnet2), so stock ESPnet tools and other recipes' scripts see
+``snac`` without importing ``espnet_snac`` themselves. ``pip uninstall`` removes the file.
 """
 from __future__ import annotations
 
