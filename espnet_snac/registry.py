@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
+import warnings
 
 TASK_MODULE = "espnet2.tasks.gan_codec"
 CODEC_NAME = "snac"
@@ -49,7 +50,13 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
 
         def exec_and_register(module):
             exec_module(module)
-            register()
+            try:
+                register()
+            except Exception as exc:  # the hook runs in every process: never break the other codecs
+                warnings.warn(f"espnet_snac: the 'snac' codec could not be registered with ESPnet "
+                              f"({type(exc).__name__}: {exc}); for the traceback run "
+                              "python -c 'from espnet_snac.registry import register; register()'",
+                              RuntimeWarning, stacklevel=2)
 
         spec.loader.exec_module = exec_and_register
         return spec

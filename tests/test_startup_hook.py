@@ -21,6 +21,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -145,7 +146,7 @@ def test_installed_wheel_lets_stock_espnet_tools_use_snac_and_uninstall_removes_
     assert report["codec"] == "espnet_snac.codec"
     assert Path(report["package"]).is_relative_to(venv / SITE)  # the installed copy, not the sources
 
-    codes = __import__("numpy").load(tmp_path / "decode" / "codec" / "utt1.npy")
+    codes = np.load(tmp_path / "decode" / "codec" / "utt1.npy")
     assert codes.shape == (7, 1, -(-12000 // 2048)) and 0 <= codes.min() and codes.max() < 4096
     decoded, rate = sf.read(tmp_path / "decode" / "wav" / "utt1.wav")
     assert rate == 24000 and len(decoded) == 6 * 2048  # the stock tool writes the padded decode
