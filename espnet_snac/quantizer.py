@@ -56,11 +56,14 @@ class VectorQuantize(nn.Module):
     def upsample(self, z: torch.Tensor) -> torch.Tensor:
         return z.repeat_interleave(self.stride, dim=-1) if self.stride > 1 else z
 
-    def forward(
+    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``z (B, D, T)`` -> ``(z_q (B, D, T), codes (B, T/stride), commitment (B,), codebook (B,))``."""
+        return self.quantize(z)[:4]
+
+    def quantize(
         self, z: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``z (B, D, T)`` -> ``(z_q (B, D, T), codes (B, T/stride), commitment (B,), codebook (B,),
-        z_e (B, d, T/stride) detached)``."""
+        """:meth:`forward`, plus the projected latents ``z_e (B, d, T/stride)`` (detached)."""
         if self.stride > 1:
             z = F.avg_pool1d(z, self.stride, self.stride)
         z_e = self.in_proj(z)
@@ -94,7 +97,7 @@ class ResidualVectorQuantize(nn.Module):
         residual = z
         codes, commitment, codebook, latents = [], [], [], []
         for quantizer in self.quantizers:
-            z_q_i, codes_i, commit_i, book_i, z_e_i = quantizer(residual)
+            z_q_i, codes_i, commit_i, book_i, z_e_i = quantizer.quantize(residual)
             z_q = z_q + z_q_i
             residual = residual - z_q_i
             codes.append(codes_i)
