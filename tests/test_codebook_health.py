@@ -174,3 +174,45 @@ def test_codec_hooks_report_window_validation_and_restart(tiny_conf):
     valid = codec.validation_end()
     assert set(valid) == {f"{name}_valid_{level}" for name in ("codes_used", "perplexity") for level in range(3)}
     assert valid["codes_used_valid_0"] >= 1
+
+
+def _distributed_worker(rank: int, world: int, tmp: str) -> None:
+    """One gloo rank: different data per rank, window and restart checks at step 2."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
+    try:
+        rvq = _collapsed_quantizer()  # identical initial weights on every rank
+        torch.manual_seed(100 + rank)  # then different data and noise per rank
+        restart = DeadCodeRestart(n_levels=2, codebook_size=64, codebook_dim=2, after=2, buffer_size=128)
+        health = CodebookHealth(n_levels=2, codebook_size=64, codebook_dim=2, window=2, restart=restart)
+        seen = []
+        for _ in range(2):
+            out = rvq(torch.randn(4, 4, 16))
+            health.observe(out.codes, out.latents, training=True)
+            seen.append(out.codes)
+            stats = health.step_end([q.codebook for q in rvq.quantizers])
+        health.validation_start()
+        health.observe(rvq(torch.randn(1 + rank, 4, 16)).codes, [], training=False)
+        stats.update(health.validation_end(torch.device("cpu")))
+        torch.save({"stats": stats, "codes": seen, "books": [q.codebook.weight.detach() for q in rvq.quantizers]},
+                   f"{tmp}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_counts_are_global_and_codebooks_stay_identical(tmp_path):
+    import torch.multiprocessing as mp
+
+    # fork: the workers reuse the loaded torch instead of importing it again (seconds on 2 cores)
+    mp.start_processes(_distributed_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["stats"] == ranks[1]["stats"]
+    stats = ranks[0]["stats"]
+    for level in range(2):
+        union = {v for r in ranks for step in r["codes"] for v in step[level].reshape(-1).tolist()}
+        assert stats[f"codes_used_window_{level}"] == len(union)  # summed over both ranks
+        assert stats[f"codes_revived_{level}"] == 64 - len(union)
+        assert stats[f"codes_used_valid_{level}"] >= 1
+        assert torch.equal(ranks[0]["books"][level], ranks[1]["books"][level])
