@@ -135,7 +135,7 @@ class SNACCodec(AbsGANCodec):
                                       self.generator.codebook_dim, dead_code_after, dead_code_buffer_size,
                                       dead_code_noise)
         self.codebook_health = CodebookHealth(self.generator.n_codebooks, self.generator.codebook_size,
-                                              self.generator.codebook_dim, health_window, restart)
+                                              health_window, restart)
 
     def meta_info(self) -> Dict[str, Any]:
         return {

@@ -29,7 +29,7 @@ def _random_codes(generator, batch=2, frames=(2, 4, 8), high=K):
 
 
 def test_window_usage_is_exact_over_several_steps():
-    health = CodebookHealth(n_levels=3, codebook_size=K, codebook_dim=2, window=3)
+    health = CodebookHealth(n_levels=3, codebook_size=K, window=3)
     books = [nn.Embedding(K, 2) for _ in range(3)]
     g = torch.Generator().manual_seed(0)
     # Level 0 uses only codes 0..3, level 1 a single code: known collapse shows as used 4 and 1.
@@ -57,7 +57,7 @@ def test_window_usage_is_exact_over_several_steps():
 
 
 def test_validation_set_statistics_are_separate_from_the_window():
-    health = CodebookHealth(n_levels=3, codebook_size=K, codebook_dim=2, window=2)
+    health = CodebookHealth(n_levels=3, codebook_size=K, window=2)
     books = [nn.Embedding(K, 2) for _ in range(3)]
     g = torch.Generator().manual_seed(1)
     train = [_random_codes(g, high=3) for _ in range(2)]
@@ -103,7 +103,7 @@ def test_dead_code_restart_revives_dead_codes():
     rvq = _collapsed_quantizer()
     books = [q.codebook for q in rvq.quantizers]
     restart = DeadCodeRestart(n_levels=2, codebook_size=64, codebook_dim=2, after=3, buffer_size=256, noise=0.01)
-    health = CodebookHealth(n_levels=2, codebook_size=64, codebook_dim=2, window=3, restart=restart)
+    health = CodebookHealth(n_levels=2, codebook_size=64, window=3, restart=restart)
     z = torch.randn(8, 4, 32)
     before = _codes_used(rvq, z)
     assert all(n <= 2 for n in before)
@@ -186,7 +186,7 @@ def _distributed_worker(rank: int, world: int, tmp: str) -> None:
         rvq = _collapsed_quantizer()  # identical initial weights on every rank
         torch.manual_seed(100 + rank)  # then different data and noise per rank
         restart = DeadCodeRestart(n_levels=2, codebook_size=64, codebook_dim=2, after=2, buffer_size=128)
-        health = CodebookHealth(n_levels=2, codebook_size=64, codebook_dim=2, window=2, restart=restart)
+        health = CodebookHealth(n_levels=2, codebook_size=64, window=2, restart=restart)
         seen = []
         for _ in range(2):
             out = rvq(torch.randn(4, 4, 16))

@@ -12,16 +12,22 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def flat_code_index(codes: Sequence[torch.Tensor], codebook_size: int) -> torch.Tensor:
-    """Codes per level ``[(B, T_0), (B, T_1), ...]`` -> one index vector into ``(n_levels * K)`` bins."""
-    return torch.cat([c.reshape(-1) + level * codebook_size for level, c in enumerate(codes)])
+def code_counts(codes: Sequence[torch.Tensor], codebook_size: int) -> torch.Tensor:
+    """Codes per level ``[(B, T_0), (B, T_1), ...]`` -> histogram ``(n_levels, codebook_size)`` int64.
+
+    ``index_add_`` of ones rather than ``torch.bincount``, which on CUDA reads the largest code back to
+    the host to size its output: this never synchronises.
+    """
+    index = torch.cat([c.reshape(-1) + level * codebook_size for level, c in enumerate(codes)])
+    counts = torch.zeros(len(codes) * codebook_size, dtype=torch.long, device=index.device)
+    counts.index_add_(0, index, torch.ones_like(index))
+    return counts.view(len(codes), codebook_size)
 
 
 class CodeHistogram:
     """Counts of every code of every level, ``(n_levels, codebook_size)`` int64, kept on the device.
 
-    ``add`` never synchronises with the host: it scatters ones with ``index_add_`` (``torch.bincount``
-    on CUDA reads the maximum code back to size its output). Reading the statistics is one sync.
+    Adding never synchronises with the host; reading the statistics is one synchronisation.
     """
 
     def __init__(self, n_levels: int, codebook_size: int):
@@ -34,10 +40,7 @@ class CodeHistogram:
 
     def add(self, codes: Sequence[torch.Tensor]) -> None:
         """Count ``codes`` (one ``(B, T_i)`` long tensor per level)."""
-        index = flat_code_index(codes, self.codebook_size)
-        if self.counts is None or self.counts.device != index.device:
-            self.counts = self.zeros(index.device)
-        self.counts.view(-1).index_add_(0, index, torch.ones_like(index))
+        self.add_counts(code_counts(codes, self.codebook_size))
 
     def add_counts(self, counts: torch.Tensor) -> None:
         """Add an ``(n_levels, codebook_size)`` histogram of the same layout."""

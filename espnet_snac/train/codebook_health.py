@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from espnet_snac.train.code_histogram import CodeHistogram, flat_code_index
+from espnet_snac.train.code_histogram import CodeHistogram, code_counts
 from espnet_snac.train.dead_codes import DeadCodeRestart
 
 
@@ -30,7 +30,7 @@ class CodebookHealth:
     :meth:`validation_start` / :meth:`validation_end` around each validation pass (on every rank).
     """
 
-    def __init__(self, n_levels: int, codebook_size: int, codebook_dim: int, window: int = 1000,
+    def __init__(self, n_levels: int, codebook_size: int, window: int = 1000,
                  restart: Optional[DeadCodeRestart] = None):
         if window < 1:
             raise ValueError(f"health_window must be >= 1 training steps, got {window}")
@@ -54,10 +54,7 @@ class CodebookHealth:
         if self.restart is None:
             self.train_counts.add(codes)
             return
-        index = flat_code_index(codes, self.codebook_size)
-        batch = torch.zeros(self.n_levels * self.codebook_size, dtype=torch.long, device=index.device)
-        batch.index_add_(0, index, torch.ones_like(index))
-        batch = batch.view(self.n_levels, self.codebook_size)
+        batch = code_counts(codes, self.codebook_size)
         self.train_counts.add_counts(batch)
         self.restart.observe(batch, latents, self.step + 1)
 
