@@ -165,7 +165,6 @@ class SNACCodec(AbsGANCodec):
         batch_size = audio.size(0)
         audio = audio.unsqueeze(1)
         out = self._generate(audio)
-        self.codebook_health.observe(out.codes, out.latents, self.training)
         audio_hat = out.audio_hat
 
         stats: Dict[str, Any] = {}
@@ -203,6 +202,7 @@ class SNACCodec(AbsGANCodec):
             stats[f"codebook_perplexity_{level}"] = perplexity.item()
         stats["generator_loss"] = loss.item()
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
+        self.codebook_health.observe(out.codes, out.latents, self.training)  # window / validation counts
         return {"loss": loss, "stats": stats, "weight": weight, "optim_idx": 0}
 
     def _forward_discriminator(self, audio: torch.Tensor) -> Dict[str, Any]:
