@@ -16,6 +16,7 @@ from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet_snac.frames import codes_to_frames, frames_to_codes, level_sizes_of
 from espnet_snac.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
 from espnet_snac.model import SNAC, SNAC_24KHZ
+from espnet_snac.train.code_histogram import code_counts
 from espnet_snac.train.codebook_health import CodebookHealth
 from espnet_snac.train.dead_codes import DeadCodeRestart
 
@@ -44,10 +45,14 @@ def _merge(default: Dict[str, Any], override: Optional[Dict[str, Any]]) -> Dict[
 
 
 def codebook_statistics(codes: torch.Tensor, codebook_size: int):
-    """Fraction of the codebook used by ``codes`` and the perplexity of their histogram."""
-    counts = torch.bincount(codes.reshape(-1), minlength=codebook_size).float()
+    """Fraction of the codebook used by ``codes`` and the perplexity of their histogram.
+
+    Per batch, so capped by the batch size (windowed usage: :mod:`espnet_snac.train.codebook_health`).
+    No host synchronisation on CUDA: ``index_add_`` instead of ``bincount``, ``xlogy`` instead of a mask.
+    """
+    counts = code_counts([codes], codebook_size)[0].float()
     p = counts / counts.sum().clamp(min=1)
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    entropy = -torch.special.xlogy(p, p).sum()
     return (counts > 0).float().mean(), entropy.exp()
 
 
