@@ -262,6 +262,9 @@ def cmd_convert(args) -> dict:
     codec_conf["generator_params"] = dict(model.config)
     config.update(codec="snac", codec_conf=codec_conf)
     config.setdefault("model_conf", {})
+    # read by the stock espnet2.bin.gan_codec_inference (AudioCoding); ESPnet's defaults
+    config.setdefault("use_preprocessor", True)
+    config.setdefault("iterator_type", "sequence")
     (dst / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     state = {ESPNET_GENERATOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     torch.save(state, dst / ESPNET_WEIGHTS_NAME)

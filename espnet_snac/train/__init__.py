@@ -1,1 +1,1 @@
-"""Training machinery."""
+"""Training machinery for SNAC: trainer, data pipeline, planning, monitoring."""
