@@ -14,6 +14,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from espnet_snac.frames import FRAME_SIZE
 from espnet_snac.lm.vocab import DUMMY_FIRST, GENERATE_SPEECH, UNK, snac_name, text_units
+from espnet_snac.tokens.layout import CODEBOOK_SIZE
 
 
 class LMDataError(ValueError):
@@ -56,9 +57,9 @@ def read_token_text(path: Path) -> "OrderedDict[str, List[int]]":
                               f"{FRAME_SIZE}-id frames")
         for pos, i in enumerate(ids):
             slot = pos % FRAME_SIZE
-            if i < 0 or i // 4096 != slot:
+            if i < 0 or i // CODEBOOK_SIZE != slot:
                 raise LMDataError(f"{path}:{lineno}: {utt}: id {i} at position {pos} is outside slot {slot} "
-                                  f"({slot * 4096}..{slot * 4096 + 4095})")
+                                  f"({slot * CODEBOOK_SIZE}..{(slot + 1) * CODEBOOK_SIZE - 1})")
         out[utt] = ids
     return out
 
