@@ -606,7 +606,8 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
         --train_data_path_and_name_and_type "${lm_data}/train/text,text,text"
         --valid_data_path_and_name_and_type "${lm_data}/valid/text,text,text")
     marker=${lm_stats}/.done
-    fp=$(fingerprint "${lm_data}/.done" "${lm_data}/train/text" "${lm_data}/valid/text")
+    # On the training lines only: other prompts (8.1 redone) need no new statistics or training.
+    fp=$(fingerprint "${lm_data}/train/text" "${lm_data}/valid/text" "${lm_data}/token_list")
     if [ "$(stage_state "$marker" "$fp")" = done ]; then
         log "Stage 8: LM statistics in ${lm_stats} are up to date; skipping"
     else
