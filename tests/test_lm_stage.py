@@ -31,7 +31,7 @@ SUBSET = {"train": 8, "dev": 2, "test": 2}
 PROMPT_FRAMES, GEN_FRAMES = 6, 8
 FRAME_SAMPLES = 2048  # 24 kHz model: 512 samples per code of the finest level, 4 of them per frame
 LM_EXP = "lm_train_lm_snac_tiny"
-slow = pytest.mark.skipif(os.environ.get("SNAC_SLOW_TESTS") != "1", reason="set SNAC_SLOW_TESTS=1")
+needs_slow = pytest.mark.skipif(os.environ.get("SNAC_SLOW_TESTS") != "1", reason="slow: set SNAC_SLOW_TESTS=1")
 
 
 def _kaldi(path: Path) -> Dict[str, str]:
@@ -293,7 +293,8 @@ def test_demo_corpus_transcripts_cover_every_file():
     assert set(text) == files and all(text.values())
 
 
-@slow
+@pytest.mark.slow
+@needs_slow
 def test_text_prefixed_lm(run):
     """The Orpheus-style variant: transcript, <generatespeech>, speech; prompted by text alone."""
     out = _codec_sh([*run["common"], "--stage", "8", "--stop_stage", "8", *_lm_args(True)], run["env"])

@@ -154,6 +154,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"lm_decode: error: {exc}", file=sys.stderr)
         return 1
     t = result["totals"]
+    if t["without_output"] == t["prompts"]:
+        print(f"lm_decode: error: lm_inference generated nothing for any of the {t['prompts']} prompts "
+              f"({args.token_int}); see its log", file=sys.stderr)
+        return 1
     print(f"slot check: {t['generated_frames']} frames generated = {t['valid_frames']} valid + "
           f"{t['invalid_frames']} invalid, {t['trailing_tokens']} trailing ids; "
           f"{t['decoded']}/{t['prompts']} prompts decoded, {t['with_continuation']} with a continuation "
