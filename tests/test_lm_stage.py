@@ -242,6 +242,21 @@ def test_lm_decode_decodes_only_valid_frames(tmp_path):
     assert len(cont) == 2 * FRAME_SAMPLES
 
 
+def test_lm_decode_without_any_output_is_an_error(tmp_path, capsys):
+    from espnet_snac.bin import lm_decode
+    from espnet_snac.lm.vocab import build_token_list, write_token_list
+
+    _make_codec_experiment(tmp_path / "codec", tmp_path)
+    write_token_list(tmp_path / "token_list", build_token_list())
+    (tmp_path / "prompt").write_text("u1 <sos/eos> <generatespeech> " + " ".join(f"snac_p{k}_1" for k in range(7)) + "\n")
+    code = lm_decode.main(["--token_int", str(tmp_path / "missing"), "--prompts", str(tmp_path / "prompt"),
+                           "--token_list", str(tmp_path / "token_list"), "--model", str(tmp_path / "codec"),
+                           "--output_dir", str(tmp_path / "out")])
+    assert code == 1 and "generated nothing" in capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "slot_check.json").read_text())
+    assert report["totals"]["without_output"] == report["totals"]["prompts"] == 1
+
+
 def test_lm_data_text_prefix(tmp_path):
     from espnet_snac.bin import lm_data
 

@@ -78,7 +78,10 @@ def run(args: argparse.Namespace) -> dict:
         raise LMDataError(f"{args.token_int}: utterances {unknown[:5]} are not in {args.prompts}")
 
     device = torch.device(args.device)
-    model = SNAC.from_pretrained(args.model, map_location=device).to(device)
+    try:
+        model = SNAC.from_pretrained(args.model, map_location=device).to(device)
+    except Exception as exc:  # missing files, wrong format: say which model and why
+        raise LMDataError(f"--model {args.model}: cannot load the SNAC model ({exc})") from exc
     rate = model.sampling_rate
     frame_samples = model.hop_length * model.vq_strides[0]
     report: Dict[str, dict] = {}
