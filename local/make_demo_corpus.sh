@@ -82,10 +82,10 @@ write_texts() {
                  text = substr($0, index($0, ": ") + 2); gsub(/[ \t\r]+/, " ", text)
                  sub(/^ /, "", text); sub(/ $/, "", text)
                  print name, text }' > "$work/all_texts"
-    find "$dir/train" "$dir/dev" "$dir/test" -name '*.flac' -printf '%f\n' | sed 's/\.flac$//' | sort > "$work/utts"
+    find "$dir/train" "$dir/dev" "$dir/test" -name '*.flac' -printf '%f\n' | sed 's/\.flac$//' | LC_ALL=C sort > "$work/utts"
     awk 'NR == FNR { want[$1] = 1; next } ($1 in want) && !seen[$1]++' "$work/utts" "$work/all_texts" |
-        sort > "$work/text"
-    missing=$(cut -d' ' -f1 "$work/text" | comm -23 "$work/utts" -)
+        LC_ALL=C sort > "$work/text"
+    missing=$(cut -d' ' -f1 "$work/text" | LC_ALL=C comm -23 "$work/utts" -)
     [ -z "$missing" ] || { echo "$0: no transcript for: $missing" >&2; exit 1; }
     mv "$work/text" "$dir/text"
     echo "text: $(wc -l < "$dir/text") transcripts -> $dir/text"
