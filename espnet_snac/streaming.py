@@ -171,7 +171,11 @@ class StreamingDecoder:
         return self._emit(max(self._emitted, self._received - self.lookahead_frames))
 
     def flush(self) -> torch.Tensor:
-        """End of stream: the remaining audio ``(B, 1, samples)``; the decoder is then reset."""
+        """End of stream: the remaining audio ``(B, 1, samples)``; the decoder is then reset.
+
+        With attention (32/44 kHz), a stream that ends inside an attention window is decoded as if
+        zero latents followed (``SNAC.decode`` refuses such lengths).
+        """
         audio = self._emit(self._received)
         self.reset()
         return audio
