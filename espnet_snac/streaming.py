@@ -107,6 +107,88 @@ def receptive_field(model) -> ReceptiveField:
     return ReceptiveField(left, lookahead, align)
 
 
+class _Stage:
+    """A run of decoder layers evaluated incrementally: each call computes only its outputs that are
+    final (every position they read, at every layer, is final), reading back just the input tail
+    they need. Chained stages reproduce the full decode at a cost close to decoding each frame once.
+    """
+
+    def __init__(self, layers: List[nn.Module]):
+        self.module = nn.Sequential(*layers)
+        self.stride, self.align, self.noise = 1, 1, []
+        for module in self.module.modules():  # pre-order = forward order
+            if isinstance(module, nn.ConvTranspose1d):
+                self.stride *= module.stride[0]
+            elif isinstance(module, LocalMHA):
+                w = module.window_size
+                self.align = math.lcm(self.align, w // math.gcd(w, self.stride))
+            elif isinstance(module, NoiseBlock):
+                self.noise.append((module, self.stride))
+        # input positions read by output q, as offsets that repeat with period align * stride
+        self.period = self.align * self.stride
+        base = 64 * self.period
+        self.lo_offset, self.hi_offset = [], []
+        for phase in range(self.period):
+            q = base + phase
+            bounds = [q // self.stride, q // self.stride]
+            _input_span(self.module, q, q, self.stride, bounds)
+            self.lo_offset.append(bounds[0] - 64 * self.align)
+            self.hi_offset.append(bounds[1] - 64 * self.align)
+        self.reset()
+
+    def reset(self) -> None:
+        self.buffer: Optional[torch.Tensor] = None  # input positions self.start .. self.start + length
+        self.start = 0
+        self.done = 0  # outputs returned
+        self.last_input = 0  # input positions read by the last call
+
+    def _lo(self, q: int) -> int:
+        return self.lo_offset[q % self.period] + q // self.period * self.align
+
+    def advance(self, x: Optional[torch.Tensor], end: bool) -> Optional[torch.Tensor]:
+        """Append inputs ``x (B, C, n)``; return the new final outputs (all of them when ``end``)."""
+        if x is not None and x.shape[-1]:
+            self.buffer = x if self.buffer is None else torch.cat([self.buffer, x], dim=-1)
+        if self.buffer is None:
+            return None
+        available = self.start + self.buffer.shape[-1]
+        if end:
+            until = available * self.stride
+        else:  # the largest prefix of outputs whose reads all lie below `available`
+            until = 1 + max(phase + (available - 1 - hi) // self.align * self.period
+                            for phase, hi in enumerate(self.hi_offset))
+            until = min(until, available * self.stride)
+        if until <= self.done:
+            return None
+        first = max(0, self._lo(self.done)) // self.align * self.align
+        x = self.buffer[..., first - self.start:]
+        x = nn.functional.pad(x, (0, -x.shape[-1] % self.align))  # attention needs whole windows
+        self.last_input = x.shape[-1]
+        for block, upsampling in self.noise:
+            block.offset = first * upsampling
+        y = self.module(x)[..., self.done - first * self.stride: until - first * self.stride]
+        self.done = until
+        keep = min(available, max(0, self._lo(until)) // self.align * self.align)
+        self.buffer, self.start = self.buffer[..., keep - self.start:], keep
+        return y
+
+
+def _stages(decoder: nn.Module) -> List[_Stage]:
+    """Cut the decoder into stages at its DecoderBlocks."""
+    stages, pending = [], []
+    for layer in decoder.model:
+        if isinstance(layer, DecoderBlock):
+            if pending:
+                stages.append(_Stage(pending))
+            stages.append(_Stage([layer]))
+            pending = []
+        else:
+            pending.append(layer)
+    if pending:
+        stages.append(_Stage(pending))
+    return stages
+
+
 class StreamingDecoder:
     """Decode SNAC frames incrementally.
 
@@ -144,6 +226,8 @@ class StreamingDecoder:
         self.samples_per_frame = self.hop * self.stride
         #: latent frames decoded by the last push/flush (bounded: see the class docstring)
         self.last_window_frames = 0
+        # exact lookahead: run the decoder as a chain of incremental stages (one per DecoderBlock)
+        self._stages = _stages(model.decoder) if self.lookahead_frames >= self.field.lookahead_frames else None
         self.reset()
 
     @staticmethod
@@ -155,6 +239,10 @@ class StreamingDecoder:
         """Forget the stream (the next push starts a new one)."""
         self._buffer: Optional[torch.Tensor] = None  # (B, frames, K) from frame self._buffer_start
         self._buffer_start = 0
+        self._batch: Optional[int] = None
+        self._final: Optional[torch.Tensor] = None  # exact path: final audio not yet returned
+        for stage in self._stages or ():
+            stage.reset()
         self._received = 0  # frames pushed
         self._emitted = 0  # frames whose audio has been returned
 
@@ -166,8 +254,12 @@ class StreamingDecoder:
     def push(self, frames: torch.Tensor) -> torch.Tensor:
         """Add ``frames (B, F, K)``; returns the audio that is final so far, ``(B, 1, samples)``."""
         frames = self._check(frames)
-        self._buffer = frames if self._buffer is None else torch.cat([self._buffer, frames], dim=1)
+        self._batch = frames.shape[0]
         self._received += frames.shape[1]
+        if self._stages is not None:
+            self._run_stages(frames, end=False)
+        else:
+            self._buffer = frames if self._buffer is None else torch.cat([self._buffer, frames], dim=1)
         return self._emit(max(self._emitted, self._received - self.lookahead_frames))
 
     def flush(self) -> torch.Tensor:
@@ -176,6 +268,8 @@ class StreamingDecoder:
         With attention (32/44 kHz), a stream that ends inside an attention window is decoded as if
         zero latents followed (``SNAC.decode`` refuses such lengths).
         """
+        if self._stages is not None and self._received:
+            self._run_stages(None, end=True)
         audio = self._emit(self._received)
         self.reset()
         return audio
@@ -187,8 +281,8 @@ class StreamingDecoder:
             raise ValueError(f"frames must have shape (B, F, {self.frame_size}), got {tuple(frames.shape)}")
         if frames.dtype.is_floating_point or frames.dtype == torch.bool:
             raise ValueError(f"frames must hold integer codes, got dtype {frames.dtype}")
-        if self._buffer is not None and frames.shape[0] != self._buffer.shape[0]:
-            raise ValueError(f"batch size changed from {self._buffer.shape[0]} to {frames.shape[0]} within a "
+        if self._batch is not None and frames.shape[0] != self._batch:
+            raise ValueError(f"batch size changed from {self._batch} to {frames.shape[0]} within a "
                              "stream; call flush() or reset() first")
         if frames.numel() and (int(frames.min()) < 0 or int(frames.max()) >= self.model.codebook_size):
             raise ValueError(f"codes must be in [0, {self.model.codebook_size}), got min {int(frames.min())}, "
@@ -203,13 +297,32 @@ class StreamingDecoder:
 
     def _empty(self) -> torch.Tensor:
         param = next(self.model.parameters())
-        batch = 0 if self._buffer is None else self._buffer.shape[0]
-        return torch.zeros(batch, 1, 0, device=param.device, dtype=param.dtype)
+        return torch.zeros(self._batch or 0, 1, 0, device=param.device, dtype=param.dtype)
+
+    def _run_stages(self, frames: Optional[torch.Tensor], end: bool) -> None:
+        """Exact path: feed the latent of new ``frames`` through the stages, collect final audio."""
+        with torch.inference_mode():
+            x = None
+            if frames is not None and frames.shape[1]:
+                x = self.model.quantizer.from_codes(frames_to_codes(frames, self.level_sizes))
+            with self.model.noise(seed=self.noise_seed, enabled=self.add_noise):
+                for stage in self._stages:
+                    x = stage.advance(x, end)
+                    if x is None and not end:
+                        break
+            self.last_window_frames = self._stages[0].last_input
+            if x is not None:
+                self._final = x if self._final is None else torch.cat([self._final, x], dim=-1)
 
     def _emit(self, until: int) -> torch.Tensor:
-        """Decode and return the audio of frames ``self._emitted .. until - 1``."""
+        """Return the audio of frames ``self._emitted .. until - 1``."""
         if until <= self._emitted:
             return self._empty()
+        if self._stages is not None:  # final already; hold back to the frame boundary
+            n = (until - self._emitted) * self.samples_per_frame
+            audio, self._final = self._final[..., :n], self._final[..., n:]
+            self._emitted = until
+            return audio
         start = self._window_start(self._emitted)
         first = start // self.stride  # the window's first latent frame lies in this coarse frame
         codes = frames_to_codes(self._buffer[:, first - self._buffer_start:], self.level_sizes)

@@ -113,22 +113,32 @@ def test_attention_model_32k_stream_equals_full_decode():
                     model.decode(codes, add_noise=False)) > TOL
 
 
-def test_work_per_push_does_not_grow_with_history(small24):
+@pytest.mark.parametrize("lookahead", [None, 1], ids=["exact", "approximate"])
+def test_work_per_push_does_not_grow_with_history(small24, lookahead):
     codes = _random_codes(small24, frames=40)
     frames = codes_to_frames(codes)
-    decoder = StreamingDecoder(small24, add_noise=False)
+    with torch.inference_mode():
+        full = small24.decode(codes, add_noise=False)
+    decoder = StreamingDecoder(small24, lookahead_frames=lookahead, add_noise=False)
     field = receptive_field(small24)
-    windows, buffered, samples = [], [], 0
+    la = decoder.lookahead_frames
+    windows, buffered, pieces = [], [], []
     for i in range(frames.shape[1]):
-        samples += decoder.push(frames[:, i: i + 1]).shape[-1]
-        if i >= field.lookahead_frames + 3:  # the left context is complete from the 4th emitted frame on
+        pieces.append(decoder.push(frames[:, i: i + 1]))
+        assert pieces[-1].shape[-1] == (2048 if i >= la else 0)
+        if i >= la + 3:  # the left context is complete from the 4th emitted frame on
             windows.append(decoder.last_window_frames)
-        buffered.append(decoder._buffer.shape[1])
-    # left context + one new frame + lookahead, the same for the 7th push as for the 40th
-    assert set(windows) == {field.left + 4 * (1 + field.lookahead_frames)}
-    assert max(buffered) <= (field.left + 3) // 4 + 1 + field.lookahead_frames
-    assert samples == (40 - field.lookahead_frames) * 2048
-    assert decoder.flush().shape[-1] == field.lookahead_frames * 2048
+            if decoder._stages is None:
+                buffered.append(decoder._buffer.shape[1])
+            else:
+                buffered.append(tuple(stage.buffer.shape[-1] for stage in decoder._stages))
+    # what one push decodes and keeps is the same for the 7th push as for the 40th
+    assert len(set(windows)) == 1 and len(set(buffered)) == 1
+    assert windows[0] <= field.left + 4 * (1 + la)
+    pieces.append(decoder.flush())
+    assert pieces[-1].shape[-1] == la * 2048
+    err = _max_err(torch.cat(pieces, dim=-1), full)
+    assert err < TOL if lookahead is None else err > TOL
 
 
 def test_positional_noise_is_a_function_of_position():
