@@ -1,11 +1,14 @@
 """Streaming decoding: audio from SNAC code frames as they arrive, equal to the full decode.
 
 The decoder is a stack of convolutions (plus windowed attention in the 32/44 kHz models), so an output
-sample depends on a bounded span of latent frames: its receptive field. :class:`StreamingDecoder`
-decodes, for every push, only a window of the latent (left context + new frames + lookahead) and
-emits the samples whose receptive field lies inside the window. With the exact lookahead those
-samples equal ``SNAC.decode`` of the whole stream; the noise blocks draw their noise by absolute
-position (``noise_seed``), so this holds with noise on.
+sample depends on a bounded span of latent frames: its receptive field, derived here from the
+layers themselves. With the exact lookahead, :class:`StreamingDecoder` runs the decoder as a chain of
+stages (one per DecoderBlock), each of which computes only its outputs whose inputs are final, from
+the tail of its input they read: the audio equals ``SNAC.decode`` of the whole stream. With a
+smaller lookahead it decodes, per push, a window of the latent (left context + new frames +
+lookahead, zero-padded at its right edge as if the stream ended there) and emits the new frames of
+it: lower latency, some error. Either way the work per push is bounded. The noise blocks draw their
+noise by absolute position (``noise_seed``), so exactness holds with noise on.
 
 Frames are ``(B, F, K)`` in the layout of :mod:`espnet_snac.frames` (``K = 7`` for 24 kHz, the
 Orpheus order). Positions below are latent frames (``hop_length`` samples each) unless named frames.
@@ -202,8 +205,10 @@ class StreamingDecoder:
             ``model.decode(codes, noise_seed=decoder.noise_seed)``.
         add_noise: ``False`` switches the noise blocks off (``model.decode(..., add_noise=False)``).
 
-    Each :meth:`push` decodes at most ``left context + pushed frames + lookahead`` (+ alignment)
-    latent frames, however long the stream already is.
+    The work of a :meth:`push` depends on the number of pushed frames only, not on the length of
+    the stream: :attr:`last_window_frames` latent frames enter the decoder (exact: the first stage's
+    input, about pushed + 6 latent frames for 24 kHz; approximate: left context + pushed frames +
+    lookahead, aligned to attention windows).
     """
 
     def __init__(self, model, lookahead_frames: Optional[int] = None, noise_seed: Optional[int] = None,
@@ -224,7 +229,7 @@ class StreamingDecoder:
         self.stride = model.vq_strides[0]  # latent frames per coarse frame
         self.hop = _hop(model.decoder)  # samples per latent frame
         self.samples_per_frame = self.hop * self.stride
-        #: latent frames decoded by the last push/flush (bounded: see the class docstring)
+        #: latent frames that entered the decoder in the last push/flush (see the class docstring)
         self.last_window_frames = 0
         # exact lookahead: run the decoder as a chain of incremental stages (one per DecoderBlock)
         self._stages = _stages(model.decoder) if self.lookahead_frames >= self.field.lookahead_frames else None
