@@ -113,7 +113,8 @@ def receptive_field(model) -> ReceptiveField:
 class _Stage:
     """A run of decoder layers evaluated incrementally: each call computes only its outputs that are
     final (every position they read, at every layer, is final), reading back just the input tail
-    they need. Chained stages reproduce the full decode at a cost close to decoding each frame once.
+    they need. Chained stages reproduce the full decode; only each stage's short context is computed
+    twice (about 2x the CPU of the full decode for 24 kHz, against 5-6x for re-decoded windows).
     """
 
     def __init__(self, layers: List[nn.Module]):
