@@ -1,0 +1,1 @@
+"""Training machinery: the GAN trainer, its task, checkpoints and numeric-fault handling."""
