@@ -25,9 +25,9 @@ def clip_to_norm_(params: List[torch.nn.Parameter], max_norm: Optional[float], n
     """Scale the gradients of ``params`` to at most ``max_norm`` given their norm (off if None or <= 0)."""
     if max_norm is None or max_norm <= 0:
         return
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads:
-        torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm)
+    with_grads = [p for p in params if p.grad is not None]
+    if with_grads:
+        torch.nn.utils.clip_grads_with_norm_(with_grads, max_norm, norm)
 
 
 class NonFiniteGuard:

@@ -48,6 +48,18 @@ class StepConfig:
             raise ValueError(f"augment_conf must be a mapping, got {self.augment_conf!r}")
 
 
+def skip_discriminator(seed: int, iteration: int, prob: float) -> bool:
+    """Whether to skip the discriminator turn of ``iteration``.
+
+    Every rank gets the same answer without communication: the draw comes from a generator seeded by
+    ``(seed, iteration)``, which all ranks share, not from the (per-rank) global RNG.
+    """
+    if prob <= 0:
+        return False
+    gen = torch.Generator().manual_seed((int(seed) << 32) + int(iteration))
+    return bool(torch.rand((), generator=gen) < prob)
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The ESPnet model inside DDP / DataParallel."""
     return model.module if hasattr(model, "module") else model
@@ -107,13 +119,7 @@ class GANStep:
 
     # ------------------------------------------------------------------ decisions
     def skip_discriminator(self) -> bool:
-        """Same answer on every rank without communication: drawn from a generator seeded by
-        ``(seed, iteration)``, which all ranks share."""
-        p = float(self.config.skip_discriminator_prob)
-        if p <= 0:
-            return False
-        gen = torch.Generator().manual_seed((int(self.config.seed) << 32) + self.iteration)
-        return bool(torch.rand((), generator=gen) < p)
+        return skip_discriminator(self.config.seed, self.iteration, self.config.skip_discriminator_prob)
 
     def _all_ranks_min(self, n: int) -> int:
         if not self.distributed:
