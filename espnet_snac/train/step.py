@@ -60,6 +60,14 @@ def skip_discriminator(seed: int, iteration: int, prob: float) -> bool:
     return bool(torch.rand((), generator=gen) < prob)
 
 
+def clear_cache(codec) -> None:
+    """Drop a codec's cached generator output (``SNACCodec.clear_cache``; ESPnet codecs: ``_cache``)."""
+    if callable(getattr(codec, "clear_cache", None)):
+        codec.clear_cache()
+    elif hasattr(codec, "_cache"):
+        codec._cache = None
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The ESPnet model inside DDP / DataParallel."""
     return model.module if hasattr(model, "module") else model
@@ -161,7 +169,7 @@ class GANStep:
                 weighted.update(w)
                 plain.update(p)
         finally:
-            self.codec.clear_cache()  # never carried into the next batch (memory, staleness)
+            clear_cache(self.codec)  # never carried into the next batch (memory, staleness)
         self.iteration += 1
         plain["discriminator_skipped"] = float(skip_d)
         plain["nonfinite_steps"] = float(self.guard.total)

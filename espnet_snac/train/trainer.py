@@ -32,7 +32,7 @@ from espnet2.utils.types import float_or_none, int_or_none
 
 from espnet_snac.train import checkpointing as ckpt
 from espnet_snac.train.nonfinite import NonFiniteTrainingError
-from espnet_snac.train.step import PRECISIONS, GANStep, StepConfig, unwrap
+from espnet_snac.train.step import PRECISIONS, GANStep, StepConfig, clear_cache, unwrap
 
 SAMPLES_DIR = "samples"
 MAX_SAMPLE_CLIPS = 4
@@ -374,7 +374,7 @@ class SNACGANTrainer(GANTrainer):
                 stats = {k: v for k, v in retval["stats"].items() if v is not None}
                 names += list(stats)
                 values += [torch.as_tensor(v, device=device).float().reshape(-1).mean() for v in stats.values()]
-            codec.clear_cache()
+            clear_cache(codec)
             packed = torch.stack(values)
             if distributed:
                 torch.distributed.all_reduce(packed)
