@@ -85,6 +85,19 @@ def test_bf16_step_on_cpu_keeps_losses_and_quantizer_in_fp32():
     assert after.dtype == torch.float32 and torch.isfinite(after).all() and not torch.equal(before, after)
 
 
+def test_fp16_one_scaler_per_network_overflow_is_not_a_fault():
+    """An overflow of the generator's scaled gradients halves only the generator's scale; the
+    discriminator's step goes through with its own scale."""
+    model = tiny_model()
+    step = _step(model, optimizers(model), precision="fp16", max_consecutive_nonfinite=1)
+    step.scalers[0] = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # certain overflow
+    step.scalers[1] = torch.amp.GradScaler("cpu", init_scale=1.0)
+    _, plain = step(speech_like())
+    assert step.overflow_steps == 1 and step.guard.total == 0  # no NonFiniteTrainingError either
+    assert step.applied_steps == 1 and len(step.optimizers[0].state) == 0
+    assert plain["loss_scale_generator"] == 2.0**39 and plain["loss_scale_discriminator"] == 1.0
+
+
 # -------------------------------------------------------------------------------------------- non-finite
 def test_nonfinite_steps_skipped_then_training_stops_with_clipping_off():
     from espnet_snac.train.nonfinite import NonFiniteTrainingError

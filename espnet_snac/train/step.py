@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -116,6 +117,7 @@ class GANStep:
         self.iteration = 0  # iterations run so far (all ranks agree): seeds the skip decisions
         self.empty_batches = 0  # batches the augmentation emptied (skipped)
         self.applied_steps = 0  # optimizer steps applied (both networks)
+        self.overflow_steps = 0  # fp16: steps skipped because the scaled gradients overflowed
         self.where = ""  # "at epoch E, iteration I", for messages
 
     # ------------------------------------------------------------------ precision
@@ -197,7 +199,9 @@ class GANStep:
             torch.distributed.all_reduce(packed)
             packed /= torch.distributed.get_world_size()
         host = packed.cpu().tolist()
-        if self.guard.record(turn, host[0], host[1], self.where):
+        if self._fp16_overflow(scaler, host[0], host[1]):
+            self.overflow_steps += 1  # skipped; the scaler lowers its scale below (not a fault)
+        elif self.guard.record(turn, host[0], host[1], self.where):
             self.applied_steps += 1
             optimizer.step()  # fp16: gradients are unscaled and finite, as GradScaler.step would check
             if isinstance(scheduler, AbsBatchStepScheduler):
@@ -211,16 +215,26 @@ class GANStep:
         plain.update({f"optim{idx}_lr{i}": float(g["lr"]) for i, g in enumerate(optimizer.param_groups)})
         if scaler.is_enabled():
             plain[f"loss_scale_{turn}"] = float(scaler.get_scale())
+            plain["fp16_overflow_steps"] = float(self.overflow_steps)
         return weighted, plain
+
+    @staticmethod
+    def _fp16_overflow(scaler, loss: float, norm: float) -> bool:
+        """fp16: a finite loss with inf/NaN gradients is the scaler's overflow, which it handles by
+        halving its scale; only at a scale below 1 does it count as a fault."""
+        return (scaler.is_enabled() and math.isfinite(loss) and not math.isfinite(norm)
+                and scaler.get_scale() >= 1.0)
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
         return {"iteration": self.iteration, "empty_batches": self.empty_batches,
+                "overflow_steps": self.overflow_steps,
                 "guard": self.guard.state_dict(), "scalers": [s.state_dict() for s in self.scalers]}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
         self.empty_batches = int(state.get("empty_batches", 0))
+        self.overflow_steps = int(state.get("overflow_steps", 0))
         self.guard.load_state_dict(state["guard"])
         for scaler, s in zip(self.scalers, state["scalers"]):
             if s and scaler.is_enabled():
