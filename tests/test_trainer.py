@@ -136,7 +136,28 @@ def _rank_decisions(rank: int, world: int, port: int, queue) -> None:
     queue.put((rank, [g.tolist() for g in gathered]))
 
 
-def test_skip_discriminator_identical_on_two_gloo_ranks():
+def _rank_training(rank: int, world: int, port: int, queue) -> None:
+    """Two DDP ranks (gloo) train the tiny model on different batches with skip probability 0.5."""
+    import torch.distributed as dist
+
+    from espnet_snac.train.step import GANStep, StepConfig
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    model = tiny_model()
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    torch.manual_seed(rank)  # per-rank global RNG, as in DDP
+    step = GANStep(ddp, optimizers(model), [None, None], StepConfig(skip_discriminator_prob=0.5, seed=3),
+                   distributed=True)
+    skipped = []
+    for it in range(3):
+        _, plain = step(speech_like(seed=10 * rank + it))
+        skipped.append(plain["discriminator_skipped"])
+    checksum = float(sum(p.double().sum() for p in model.parameters()))
+    dist.destroy_process_group()
+    queue.put((rank, skipped, checksum, plain["grad_norm_generator"]))
+
+
+def _run_ranks(target, world: int = 2):
     import socket
 
     import torch.multiprocessing as mp
@@ -146,16 +167,30 @@ def test_skip_discriminator_identical_on_two_gloo_ranks():
         port = s.getsockname()[1]
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_rank_decisions, args=(r, 2, port, queue)) for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, world, port, queue)) for r in range(world)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=60) for _ in procs)
+    results = {}
+    for _ in procs:
+        item = queue.get(timeout=120)
+        results[item[0]] = item[1:]
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
-    a, b = results[0]
-    assert a == b == results[1][0]
+    return results
+
+
+def test_skip_discriminator_identical_on_two_gloo_ranks():
+    results = _run_ranks(_rank_decisions)
+    a, b = results[0][0]
+    assert a == b == results[1][0][0]
     assert 60 < sum(a) < 140  # about half skipped
+
+
+def test_ddp_training_on_two_gloo_ranks_stays_in_lockstep():
+    """Same skip decisions, same weights and the same all-reduced stats on both ranks (no hang)."""
+    results = _run_ranks(_rank_training)
+    assert results[0] == results[1]
 
 
 def test_trainer_skips_by_shared_decision():
