@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional
 
 import humanfriendly
 import torch
@@ -27,7 +27,6 @@ from espnet2.train.distributed_utils import DistributedOption
 from espnet2.train.gan_trainer import GANTrainer, GANTrainerOptions
 from espnet2.train.reporter import Reporter, SubReporter
 from espnet2.utils.build_dataclass import build_dataclass
-from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import float_or_none, int_or_none
 
 from espnet_snac.train import checkpointing as ckpt
@@ -118,10 +117,12 @@ class SNACGANTrainer(GANTrainer):
             logging.warning("Attention plots are not supported for GAN codecs; num_att_plot is ignored")
 
         reporter = Reporter()
+        resume = cls._resume(opts, model, optimizers, schedulers, reporter, device)  # before DDP wraps it
         dp_model = cls._wrap(model, opts, distributed_option)
         step = GANStep(dp_model, optimizers, schedulers, step_config(opts), device=device,
                        distributed=distributed_option.distributed)
-        resume = cls._resume(opts, model, optimizers, schedulers, reporter, step, device)
+        if resume:
+            step.load_state_dict(resume["trainer"])
         start_epoch = reporter.get_epoch() + 1
         if start_epoch == opts.max_epoch + 1:
             logging.warning(f"The training has already reached at max_epoch: {start_epoch}")
@@ -209,7 +210,9 @@ class SNACGANTrainer(GANTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     @staticmethod
-    def _resume(opts, model, optimizers, schedulers, reporter, step, device) -> Optional[Dict[str, Any]]:
+    def _resume(opts, model, optimizers, schedulers, reporter, device) -> Optional[Dict[str, Any]]:
+        """Load the newest readable checkpoint into the model, optimizers, schedulers and reporter;
+        returns what the epoch loop needs (position in the epoch, random state, trainer state)."""
         if not opts.resume:
             return None
         found = ckpt.load_checkpoint(opts.output_dir, map_location=device)
@@ -223,11 +226,10 @@ class SNACGANTrainer(GANTrainer):
             if scheduler is not None and s is not None:
                 scheduler.load_state_dict(s)
         ckpt.load_reporter_state(reporter, state["reporter"])
-        step.load_state_dict(state["trainer"])
         t = state["trainer"]
         where = f"epoch {t['epoch']}, {t['batches']} batches in" if t["batches"] else f"end of epoch {reporter.get_epoch()}"
-        logging.info(f"The training was resumed using {path} ({where}, iteration {step.iteration})")
-        return {"epoch": int(t["epoch"]), "batches": int(t["batches"]), "rng": state.get("rng")}
+        logging.info(f"The training was resumed using {path} ({where}, iteration {t['iteration']})")
+        return {"epoch": int(t["epoch"]), "batches": int(t["batches"]), "rng": state.get("rng"), "trainer": t}
 
     @staticmethod
     def _save(output_dir, model, optimizers, schedulers, reporter, step, completed_epoch, epoch, batches):
