@@ -207,6 +207,68 @@ def test_trainer_skips_by_shared_decision():
     assert got == expected
 
 
+# ------------------------------------------------------------------------------------------------ hooks
+def test_training_hook_and_batch_augmentation_are_called(monkeypatch):
+    import sys
+    import types
+
+    seen = []
+
+    class BatchAugment:
+        def __init__(self, keep: int):
+            self.keep = keep
+
+        def __call__(self, audio):
+            seen.append(audio.shape)
+            return audio[: self.keep], {"augment_kept": float(self.keep)}
+
+    fake = types.ModuleType("espnet_snac.train.augment")
+    fake.BatchAugment = BatchAugment
+    monkeypatch.setitem(sys.modules, "espnet_snac.train.augment", fake)
+    model = tiny_model()
+    model.codec.training_step_end = lambda: {"health_metric": 0.5}
+    step = _step(model, optimizers(model), augment_conf={"keep": 1})
+    weighted, plain = step(speech_like(batch=2))
+    assert seen == [(2, 2048)] and plain["augment_kept"] == 1.0 and plain["health_metric"] == 0.5
+    empty = _step(model, optimizers(model), augment_conf={"keep": 0})
+    assert empty(speech_like(batch=2)) is None  # nothing left: the iteration is skipped and counted
+    assert empty.empty_batches == 1 and empty.applied_steps == 0
+
+
+def test_validation_hooks_and_fixed_samples(monkeypatch, tmp_path):
+    import sys
+    import types
+    from types import SimpleNamespace
+
+    from espnet2.train.distributed_utils import DistributedOption
+    from espnet2.train.reporter import Reporter
+
+    from espnet_snac.train.trainer import SNACGANTrainer
+
+    written = []
+    fake = types.ModuleType("espnet_snac.train.samples")
+    fake.write_validation_samples = lambda codec, audio, out, epoch, writer: written.append((audio, out, epoch))
+    monkeypatch.setitem(sys.modules, "espnet_snac.train.samples", fake)
+    model = tiny_model()
+    calls = []
+    model.codec.validation_start = lambda: calls.append("start")
+    model.codec.validation_end = lambda: {"valid_codes_used_0": 3.0}
+    options = SimpleNamespace(ngpu=0, generator_first=False, no_forward_run=False)
+    reporter, holder = Reporter(), [None]
+    for epoch in (1, 2):
+        batches = [(["a"], {"audio": speech_like(batch=6, seed=epoch)})]
+        reporter.set_epoch(epoch)
+        with reporter.observe("valid") as sub:
+            SNACGANTrainer.validate_one_epoch(model, batches, sub, options, DistributedOption(),
+                                              sample_audio=holder, output_dir=tmp_path, epoch=epoch)
+        assert reporter.get_value("valid", "valid_codes_used_0") == 3.0
+        assert reporter.get_value("valid", "mel_loss") > 0
+    assert calls == ["start", "start"]
+    assert [(out, e) for _, out, e in written] == [(tmp_path / "samples" / f"epoch_{e}", e) for e in (1, 2)]
+    first = speech_like(batch=6, seed=1)[:4]
+    assert all(torch.equal(audio, first) for audio, _, _ in written)  # fixed: epoch 1's first batch
+
+
 # ------------------------------------------------------------------------------------------------ cache
 class _Counting:
     """Wraps ``generator.forward_with_losses`` and records the batches it computed."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -78,10 +77,12 @@ def build_augment(conf: Dict[str, Any]):
     """``espnet_snac.train.augment.BatchAugment(**conf)`` or None when ``conf`` is empty."""
     if not conf:
         return None
-    if importlib.util.find_spec("espnet_snac.train.augment") is None:
-        raise ValueError("augment_conf is set but espnet_snac.train.augment is not installed")
-    from espnet_snac.train.augment import BatchAugment
-
+    try:
+        from espnet_snac.train.augment import BatchAugment
+    except ModuleNotFoundError as e:
+        if e.name != "espnet_snac.train.augment":
+            raise
+        raise ValueError("augment_conf is set but this installation has no espnet_snac.train.augment") from e
     return BatchAugment(**conf)
 
 

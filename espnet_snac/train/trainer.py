@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import logging
 import os
 import time
@@ -401,10 +400,12 @@ def _call(codec, name: str):
 
 
 def _write_samples(codec, audio, output_dir: Path, epoch: int, summary_writer) -> None:
-    if importlib.util.find_spec("espnet_snac.train.samples") is None:
+    try:
+        from espnet_snac.train.samples import write_validation_samples
+    except ModuleNotFoundError as e:
+        if e.name != "espnet_snac.train.samples":
+            raise
         return
-    from espnet_snac.train.samples import write_validation_samples
-
     try:
         write_validation_samples(codec, audio, output_dir, epoch, summary_writer)
     except Exception:  # noqa: BLE001 - listening aids must never stop a week-long run
