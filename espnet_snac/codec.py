@@ -50,9 +50,11 @@ def _merge(default: Dict[str, Any], override: Optional[Dict[str, Any]]) -> Dict[
 
 def codebook_statistics(codes: torch.Tensor, codebook_size: int):
     """Fraction of the codebook used by ``codes`` and the perplexity of their histogram."""
-    counts = torch.bincount(codes.reshape(-1), minlength=codebook_size).float()
+    # scatter_add and xlogy instead of bincount / boolean indexing: no host synchronisation on CUDA.
+    flat = codes.reshape(-1)
+    counts = torch.zeros(codebook_size, device=codes.device).scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
     p = counts / counts.sum().clamp(min=1)
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    entropy = -torch.special.xlogy(p, p).sum()
     return (counts > 0).float().mean(), entropy.exp()
 
 
