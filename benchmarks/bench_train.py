@@ -8,8 +8,8 @@ gradient norms, optimizer and scheduler steps, the one host transfer of the stat
 model, losses and optimizers of ``--config`` (default: the paper config, SNAC-24k + DAC's
 discriminator). Batch: ``--batch_size`` clips of ``--samples`` samples (paper: 16 x 20480; default 16
 on CUDA, 2 on CPU), synthetic speech-like audio (the cost does not depend on the content), so no data
-loading is timed. Peak memory: CUDA ``max_memory_allocated``; on CPU the peak resident set size of
-the process (model building included).
+loading is timed. Peak memory: CUDA ``max_memory_allocated`` (reset per precision); on CPU the peak
+resident set size of the process so far (model building and earlier precisions included).
 
 Prints one line per precision, then a last line ``ms_per_iter=X peak_mem_mb=Y`` for the last
 precision of ``--precisions``.
