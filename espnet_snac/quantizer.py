@@ -92,7 +92,15 @@ class ResidualVectorQuantize(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        """``z (B, D, T)`` with ``T`` divisible by every stride."""
+        """``z (B, D, T)`` with ``T`` divisible by every stride.
+
+        Runs in fp32 under autocast: in bf16 the cosine distances to 4096 codes tie or swap, so the
+        chosen codes (and the VQ losses) would depend on the training precision.
+        """
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self._quantize(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z)
+
+    def _quantize(self, z: torch.Tensor) -> QuantizerOutput:
         z_q = torch.zeros_like(z)
         residual = z
         codes, commitment, codebook, latents = [], [], [], []
