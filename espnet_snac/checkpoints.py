@@ -13,6 +13,8 @@ from typing import Dict, Tuple, Union
 import torch
 import yaml
 
+from espnet_snac.configs import SNAC_24KHZ
+
 # ESPnet saves ESPnetGANCodecModel.state_dict(): the generator sits under this prefix.
 ESPNET_GENERATOR_PREFIX = "codec.generator."
 ESPNET_DISCRIMINATOR_PREFIX = "codec.discriminator."
@@ -43,8 +45,6 @@ def generator_config_from_espnet(config: Dict, source: str) -> Dict:
     conf = dict(config.get("codec_conf") or {})
     params = dict(conf.get("generator_params") or {})
     params.setdefault("sampling_rate", conf.get("sampling_rate", 24000))
-    from espnet_snac.model import SNAC_24KHZ
-
     return {**SNAC_24KHZ, **params}
 
 

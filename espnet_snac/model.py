@@ -10,6 +10,7 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, 
 import torch
 from torch import nn
 
+from espnet_snac.configs import SNAC_24KHZ, SNAC_32KHZ, SNAC_44KHZ  # noqa: F401  (re-exported)
 from espnet_snac.layers import Decoder, Encoder, NoiseBlock
 from espnet_snac.quantizer import ResidualVectorQuantize
 
@@ -186,18 +187,3 @@ class SNAC(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         torch.save(state, directory / "pytorch_model.bin")
         return directory
-
-
-#: Official configuration of the 24 kHz speech model.
-SNAC_24KHZ: Dict = dict(
-    sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
-    decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096, codebook_dim=8,
-    vq_strides=[4, 2, 1], noise=True, depthwise=True,
-)
-#: Official configuration of the 32 kHz model (the 44 kHz one differs only in sampling_rate).
-SNAC_32KHZ: Dict = dict(
-    sampling_rate=32000, encoder_dim=64, encoder_rates=[2, 3, 8, 8], decoder_dim=1536,
-    decoder_rates=[8, 8, 3, 2], attn_window_size=32, codebook_size=4096, codebook_dim=8,
-    vq_strides=[8, 4, 2, 1], noise=True, depthwise=True,
-)
-SNAC_44KHZ: Dict = dict(SNAC_32KHZ, sampling_rate=44100)
