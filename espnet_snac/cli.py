@@ -237,6 +237,7 @@ def cmd_convert(args) -> dict:
     import torch
     import yaml
 
+    from espnet_snac.atomic_files import atomic_torch_save, atomic_write_text
     from espnet_snac.checkpoints import ESPNET_GENERATOR_PREFIX
 
     src, dst = Path(args.src), Path(args.dst)
@@ -262,9 +263,9 @@ def cmd_convert(args) -> dict:
     codec_conf["generator_params"] = dict(model.config)
     config.update(codec="snac", codec_conf=codec_conf)
     config.setdefault("model_conf", {})
-    (dst / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    atomic_write_text(dst / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     state = {ESPNET_GENERATOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, dst / ESPNET_WEIGHTS_NAME)
+    atomic_torch_save(state, dst / ESPNET_WEIGHTS_NAME)
     _say(f"wrote ESPnet experiment: {dst}/config.yaml + {ESPNET_WEIGHTS_NAME} (keys codec.generator.*); "
          f"fine-tune with --init_param {dst / ESPNET_WEIGHTS_NAME}", args.quiet)
     return {"format": "espnet", "path": str(dst)}

@@ -6,9 +6,10 @@ Examples::
         --output_dir dump/snac_tokens/train --device cuda --batch_size 32 --bpe_nunits 5000
     torchrun --nproc_per_node 4 -m espnet_snac.bin.extract_tokens --model ... (same options)
 
-Each rank encodes every ``world_size``-th pending utterance and appends to its own shard under
-``<output_dir>/shards/``; rank 0 then merges all shards (see ``espnet_snac.tokens.merge`` for the
-files). A re-run skips the utterances already written. Multi-node: run the same ``torchrun`` on
+Rank ``r`` encodes the input utterances ``r, r + world_size, ...`` (the same ones on every run)
+and appends to its own shard under ``<output_dir>/shards/``; rank 0 then merges all shards (see
+``espnet_snac.tokens.merge`` for the files). A re-run with the same inputs and rank count skips the
+utterances already written and produces exactly the files of an uninterrupted run. Multi-node: run the same ``torchrun`` on
 every node (``--nnodes N --node_rank i --rdzv_endpoint host:port``) with ``--output_dir`` on a
 shared filesystem; under Slurm, ``srun torchrun ...`` with those options per node.
 """
@@ -160,9 +161,9 @@ def encode_pool(encoder: BatchEncoder, writer: ShardWriter, pool: List[tuple]) -
 
 
 def extract(args: argparse.Namespace, dist: Distributed, model, device: torch.device, todo: List) -> dict:
-    """Encode this rank's share of ``todo``; returns its timing."""
+    """Encode ``todo`` (this rank's pending utterances); returns its timing."""
     rate = model.sampling_rate
-    mine = todo[dist.rank::dist.world]
+    mine = todo
     encoder = BatchEncoder(
         model, batch_size=args.batch_size, window_seconds=args.window_seconds,
         context_seconds=args.context_seconds, dtype=DTYPES[args.dtype],
@@ -282,11 +283,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.merge_only:
         done = set(read_shards(args.output_dir).codes)
         dist.barrier()  # every rank has the same view of what is done before any rank writes
-        todo = [it for it in items if it.utt not in done]
+        # a fixed share per rank: a resumed run writes each utterance into the shard (and at the
+        # position) an uninterrupted run would
+        todo = [it for i, it in enumerate(items) if i % dist.world == dist.rank and it.utt not in done]
         if dist.rank == 0:
+            pending = sum(it.utt not in done for it in items)
             log.info("%d utterances, %d already written, %d to encode on %d rank(s)",
-                     len(items), len(items) - len(todo), len(todo), dist.world)
-        timing = extract(args, dist, model, device, todo)
+                     len(items), len(items) - pending, pending, dist.world)
+        try:
+            timing = extract(args, dist, model, device, todo)
+        except OSError as exc:  # e.g. a full disk: what is committed stays valid, the rest is redone
+            raise SystemExit(f"extract_tokens: cannot write under {args.output_dir} ({exc}); the utterances "
+                             "written so far are kept: free space and re-run the same command to resume") from exc
         timings = dist.gather(timing)
     status = 0
     if dist.rank == 0:
@@ -295,6 +303,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   bpe_nunits=args.bpe_nunits, bpe_model=args.bpe_model)
         except (ValueError, FileNotFoundError) as exc:
             raise SystemExit(f"merge failed: {exc}") from exc
+        except OSError as exc:
+            raise SystemExit(f"extract_tokens: merging into {args.output_dir} failed ({exc}); the merged files "
+                             "were left as before: free space and re-run with --merge_only") from exc
         summary = summarize(result, timings, len(keys), model.sampling_rate, int(model.pad_multiple))
         write_summary(args.output_dir, summary)
         print_summary(summary)

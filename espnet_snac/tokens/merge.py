@@ -16,7 +16,6 @@ Files written to ``output_dir`` (``<F>`` = frames of the utterance):
 from __future__ import annotations
 
 import json
-import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import kaldiio
 import numpy as np
 import torch
 
+from espnet_snac.atomic_files import atomic_open
 from espnet_snac.frames import FRAME_SIZE, frames_to_codes
 from espnet_snac.tokens.bpe import UnitBPE, train_bpe, units_to_chars
 from espnet_snac.tokens.layout import CODEBOOK_SIZE, frames_to_flat, token_names
@@ -45,25 +45,9 @@ class MergeResult:
     bpe_model: Optional[Path] = None
 
 
-class _AtomicText:
-    """A text file written to ``<name>.tmp`` and renamed on success."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.f = None
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.tmp, "w", encoding="utf-8")
-        return self.f
-
-    def __exit__(self, exc_type, *_):
-        self.f.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+def _AtomicText(path: Path):
+    """A text file that appears complete or not at all (see ``espnet_snac.atomic_files``)."""
+    return atomic_open(path, "w")
 
 
 def _close_all(fd_cache: dict) -> None:
