@@ -216,6 +216,9 @@ def _load_model(path: str, device: torch.device):
         model = SNAC.from_pretrained(path, map_location=device)
     except Exception as exc:
         raise SystemExit(f"--model {path}: cannot load the SNAC model ({exc})") from exc
+    if list(model.vq_strides) != [4, 2, 1]:
+        raise SystemExit(f"--model {path}: a {model.sampling_rate} Hz model with vq_strides {list(model.vq_strides)}; "
+                         "the 7-token frame layout needs a 24 kHz-layout model (vq_strides [4, 2, 1])")
     return model.to(device).eval()
 
 
