@@ -33,7 +33,8 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Ite
     """``with atomic_open(p, "w") as f: f.write(...)``; ``mode`` is ``"w"`` or ``"wb"``.
 
     On success the data is fsynced and renamed over ``path``; on any exception the temporary
-    file is removed and ``path`` is left as it was.
+    file is removed and ``path`` is left as it was. An ``OSError`` (e.g. a full disk) is re-raised
+    with the same errno and a message naming ``path``.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
@@ -45,11 +46,13 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Ite
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and path not in str(exc):
+            raise OSError(exc.errno, f"{exc.strerror or exc} (writing {path}; left unchanged)") from exc
         raise
 
 

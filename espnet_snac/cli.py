@@ -263,9 +263,9 @@ def cmd_convert(args) -> dict:
     codec_conf["generator_params"] = dict(model.config)
     config.update(codec="snac", codec_conf=codec_conf)
     config.setdefault("model_conf", {})
-    atomic_write_text(dst / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     state = {ESPNET_GENERATOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_torch_save(state, dst / ESPNET_WEIGHTS_NAME)
+    atomic_write_text(dst / "config.yaml", yaml.safe_dump(config, sort_keys=False))  # last: marks it complete
     _say(f"wrote ESPnet experiment: {dst}/config.yaml + {ESPNET_WEIGHTS_NAME} (keys codec.generator.*); "
          f"fine-tune with --init_param {dst / ESPNET_WEIGHTS_NAME}", args.quiet)
     return {"format": "espnet", "path": str(dst)}
@@ -332,6 +332,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.func(args)
     except CLIError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. a full disk while convert writes a model; files are replaced atomically
+        print(f"{PROG}: error: {exc}; nothing half-written was left: free space and re-run", file=sys.stderr)
         return 1
     return 0
 

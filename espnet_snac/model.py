@@ -168,9 +168,10 @@ class SNAC(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         from espnet_snac.atomic_files import atomic_torch_save, atomic_write_text
 
-        atomic_write_text(directory / "config.json", json.dumps(self.config, indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_torch_save(state, directory / "pytorch_model.bin")
+        # config.json last: a directory holding it is a complete model
+        atomic_write_text(directory / "config.json", json.dumps(self.config, indent=2) + "\n")
         return directory
 
 

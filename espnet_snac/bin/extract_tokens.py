@@ -301,16 +301,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timings = dist.gather(timing)
     status = 0
     if dist.rank == 0:
+        (args.output_dir / "stats.json").unlink(missing_ok=True)  # written last: marks a finished merge
         try:
             result = merge_shards(args.output_dir, keys, formats=formats, orpheus_base=args.orpheus_base,
                                   bpe_nunits=args.bpe_nunits, bpe_model=args.bpe_model)
         except (ValueError, FileNotFoundError) as exc:
             raise SystemExit(f"merge failed: {exc}") from exc
         except OSError as exc:
-            raise SystemExit(f"extract_tokens: merging into {args.output_dir} failed ({exc}); the merged files "
-                             "were left as before: free space and re-run with --merge_only") from exc
+            raise SystemExit(f"extract_tokens: merging into {args.output_dir} failed ({exc}); the shards are "
+                             "intact and the merge is not marked finished (no stats.json): free space and re-run "
+                             "the same command") from exc
         summary = summarize(result, timings, len(keys), model.sampling_rate, int(model.pad_multiple))
-        write_summary(args.output_dir, summary)
+        try:
+            write_summary(args.output_dir, summary)
+        except OSError as exc:
+            raise SystemExit(f"extract_tokens: cannot write {args.output_dir / 'stats.json'} ({exc}); free space "
+                             "and re-run the same command") from exc
         print_summary(summary)
         if result.missing:
             log.error("%d utterances are neither written nor rejected (a rank stopped early?); re-run to resume: %s",
