@@ -172,3 +172,63 @@ def test_model_files(small_model_dir, tmp_path, monkeypatch, capsys):
     for model in (exp, official):
         state = SNAC.from_pretrained(model).state_dict()
         assert all(torch.equal(state[k], reference[k]) for k in reference)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (needs root and mount; skipped elsewhere: the tests above inject ENOSPC)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` up to ``leave`` free bytes with one file (delete it to free the space)."""
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def test_real_full_disk(small_disk, small_model_dir, scp, tmp_path, monkeypatch, capsys):
+    """The same on a really full file system: libsndfile's and Python's write errors."""
+    src = tmp_path / "loud"
+    src.mkdir()
+    for i in range(4):
+        sf.write(src / f"n{i}.wav", 0.3 * np.random.default_rng(i).standard_normal(48000), 24000)
+    args = ["--source", f"folder:{src}", "--no_progress", "--shard_size", "2", "--output_dir"]
+    clean = tmp_path / "clean"
+    assert prepare_data.main(args + [str(clean)]) == 0
+    filler = _fill(small_disk, 150_000)  # room for about one and a half of the four outputs
+    capsys.readouterr()
+    assert prepare_data.main(args + [str(small_disk / "data")]) == 1
+    err = capsys.readouterr().err
+    assert "is the disk full?" in err or "No space left on device" in err, err
+    assert not (small_disk / "data" / "wav.scp").exists()
+    filler.unlink()
+    assert prepare_data.main(args + [str(small_disk / "data")]) == 0
+    for name in ("wav.scp", "utt2num_samples"):
+        assert _normalized(clean, name) == _normalized(small_disk / "data", name)
+
+    tok = ["--model", str(small_model_dir), "--wav_scp", str(scp), "--output_dir", "out", "--num_workers", "0",
+           "--no_progress"]
+    (tmp_path / "tclean").mkdir()
+    monkeypatch.chdir(tmp_path / "tclean")
+    assert extract_tokens.main(tok) == 0
+    monkeypatch.chdir(small_disk)
+    filler = _fill(small_disk, 3000)
+    with pytest.raises(SystemExit, match="No space left on device"):
+        extract_tokens.main(tok)
+    assert not (small_disk / "out" / "stats.json").exists()
+    filler.unlink()
+    assert extract_tokens.main(tok) == 0
+    for name in ("codes.scp", "text", "shards/part-0000/codes.ark"):
+        assert (tmp_path / "tclean" / "out" / name).read_bytes() == (small_disk / "out" / name).read_bytes(), name
