@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import subprocess_env
+from fault_helpers import subprocess_env
 from espnet_snac.bin import extract_tokens, prepare_data
 from espnet_snac.scp import load_scp_audio
 from speech_samples import synthetic_speech

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import REPO, SMALL
+from fault_helpers import REPO, SMALL
 from espnet_snac import cli, codefile
 from espnet_snac.bin import extract_tokens
 from espnet_snac.checkpoints import CheckpointError

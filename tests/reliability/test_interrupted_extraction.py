@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import subprocess_env
+from fault_helpers import subprocess_env
 from espnet_snac.bin.extract_tokens import main
 from speech_samples import synthetic_speech
 
