@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tracemalloc
@@ -187,4 +186,3 @@ def test_one_hour_file_is_extracted_in_windows(small_model_dir, tmp_path):
     assert peak < 4 * signal_bytes
     frames = (tmp_path / "tok" / "utt2num_frames").read_text().split()
     assert frames == ["hour", str(3600 * 24000 // 2048 + (3600 * 24000 % 2048 > 0))]
-    del resource

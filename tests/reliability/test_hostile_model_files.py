@@ -18,7 +18,7 @@ from fault_helpers import REPO, SMALL
 from espnet_snac import cli, codefile
 from espnet_snac.bin import extract_tokens
 from espnet_snac.checkpoints import CheckpointError
-from espnet_snac.model import SNAC, SNAC_24KHZ, SNAC_32KHZ
+from espnet_snac.model import SNAC, SNAC_32KHZ
 from espnet_snac.tokenizer import SNACTokenizer
 from speech_samples import synthetic_speech
 

@@ -5,11 +5,10 @@ import os
 import stat
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
-from espnet_snac import cli, codefile
+from espnet_snac import cli
 from espnet_snac.bin import extract_tokens, prepare_data, score
 from speech_samples import synthetic_speech
 
