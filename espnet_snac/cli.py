@@ -263,6 +263,9 @@ def cmd_convert(args) -> dict:
     codec_conf["generator_params"] = dict(model.config)
     config.update(codec="snac", codec_conf=codec_conf)
     config.setdefault("model_conf", {})
+    # read by the stock espnet2.bin.gan_codec_inference (AudioCoding); ESPnet's defaults
+    config.setdefault("use_preprocessor", True)
+    config.setdefault("iterator_type", "sequence")
     state = {ESPNET_GENERATOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_torch_save(state, dst / ESPNET_WEIGHTS_NAME)
     atomic_write_text(dst / "config.yaml", yaml.safe_dump(config, sort_keys=False))  # last: marks it complete

@@ -21,6 +21,7 @@ class SNACOutput(NamedTuple):
     codes: List[torch.Tensor]  # per level (B, T_i)
     commitment_loss: torch.Tensor  # (n_levels,)
     codebook_loss: torch.Tensor  # (n_levels,)
+    latents: Sequence[torch.Tensor] = ()  # per level (B, codebook_dim, T_i) projected latents z_e, detached
 
 
 class SNAC(nn.Module):
@@ -98,7 +99,7 @@ class SNAC(nn.Module):
         z = self.encoder(self.preprocess(audio))
         q = self.quantizer(z)
         audio_hat = self.decoder(q.z_q)[..., :length]
-        return SNACOutput(audio_hat, q.codes, q.commitment_loss, q.codebook_loss)
+        return SNACOutput(audio_hat, q.codes, q.commitment_loss, q.codebook_loss, q.latents)
 
     def encode(self, audio: torch.Tensor) -> List[torch.Tensor]:
         """``audio (B, 1, T)`` -> codes ``[(B, T_0), (B, T_1), ...]`` (coarse to fine)."""
