@@ -38,7 +38,7 @@ def test_written_files_follow_the_umask(umask, small_model_dir, tmp_path, capsys
     assert prepare_data.main(["--source", f"folder:{audio}", "--output_dir", str(data), "--no_progress"]) == 0
     tokens = tmp_path / "tokens"
     assert extract_tokens.main(["--model", str(small_model_dir), "--data_dir", str(data), "--output_dir",
-                                str(tokens), "--formats", "ark,text,orpheus,npy", "--num_workers", "0",
+                                str(tokens), "--formats", "ark,text,orpheus,npy,codec", "--num_workers", "0",
                                 "--no_progress"]) == 0
     assert cli.main(["encode", str(audio / "a0.wav"), str(tmp_path / "a0.snac"), "--model",
                      str(small_model_dir), "--device", "cpu", "-q"]) == 0
@@ -56,7 +56,8 @@ def test_written_files_follow_the_umask(umask, small_model_dir, tmp_path, capsys
         data / "wav.scp", data / "utt2spk", data / "spk2utt", data / "utt2num_samples", data / "rejected.tsv",
         data / "summary.json", tokens / "codes.scp", tokens / "text", tokens / "text_orpheus",
         tokens / "token_list", tokens / "utt2num_frames", tokens / "rejected.tsv", tokens / "stats.json",
-        tokens / "level0.scp", tokens / "shards" / "part-0000" / "codes.ark",
+        tokens / "level0.scp", tokens / "codec.scp", tokens / "codec.ark", tokens / "codec_token_list",
+        tokens / "shards" / "part-0000" / "codes.ark",
         tmp_path / "a0.snac", tmp_path / "a0.out.wav",
         tmp_path / "exp" / "config.yaml", tmp_path / "exp" / cli.ESPNET_WEIGHTS_NAME,
         tmp_path / "official" / "config.json", tmp_path / "official" / "pytorch_model.bin",
