@@ -172,17 +172,19 @@ def test_one_hour_file_is_prepared_in_bounded_memory(tmp_path, capsys):
 def test_one_hour_file_is_extracted_in_windows(small_model_dir, tmp_path):
     _one_hour(tmp_path / "hour.wav")
     (tmp_path / "wav.scp").write_text(f"hour {tmp_path / 'hour.wav'}\n")
-    code = ("import resource, sys\nfrom espnet_snac.bin.extract_tokens import main\nrc = main(sys.argv[1:])\n"
-            "print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)\n")
+    code = ("import resource, sys\nfrom espnet_snac.bin.extract_tokens import main\n"
+            "print('base_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nrc = main(sys.argv[1:])\n"
+            "print('peak_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)\n")
     proc = subprocess.run([sys.executable, "-c", code, "--model", str(small_model_dir), "--wav_scp",
                            str(tmp_path / "wav.scp"), "--output_dir", str(tmp_path / "tok"), "--num_workers", "0",
                            "--no_progress"], env=subprocess_env(), capture_output=True, text=True, timeout=3000)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    peak = int(proc.stdout.split("maxrss_kib")[1].split()[0]) * 1024
+    base, peak = (int(proc.stdout.split(key)[1].split()[0]) * 1024 for key in ("base_kib", "peak_kib"))
     signal_bytes = 3600 * 24000 * 4
-    print(f"one-hour extraction: peak RSS {peak / 2**20:.0f} MiB; the signal as float32 is "
-          f"{signal_bytes / 2**20:.0f} MiB")
-    # the samples are held once (plus the decoder's copy); the encoder sees one window at a time
-    assert peak < 4 * signal_bytes
+    print(f"one-hour extraction: peak RSS {peak / 2**20:.0f} MiB, {(peak - base) / 2**20:.0f} MiB above the "
+          f"process after imports; the signal as float32 is {signal_bytes / 2**20:.0f} MiB")
+    # the samples are held (decoded once, plus transient copies); the encoder sees one window at a
+    # time: one full-length activation of its first layer alone would take 8 x the signal
+    assert peak - base < 3 * signal_bytes
     frames = (tmp_path / "tok" / "utt2num_frames").read_text().split()
     assert frames == ["hour", str(3600 * 24000 // 2048 + (3600 * 24000 % 2048 > 0))]
