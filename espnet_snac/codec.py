@@ -13,6 +13,7 @@ from espnet2.gan_codec.shared.discriminator.msmpmb_discriminator import (
 from espnet2.gan_tts.hifigan.loss import DiscriminatorAdversarialLoss, FeatureMatchLoss, GeneratorAdversarialLoss
 from espnet2.torch_utils.device_funcs import force_gatherable
 
+from espnet_snac.config_check import check_codec_conf
 from espnet_snac.frames import codes_to_frames, frames_to_codes, level_sizes_of
 from espnet_snac.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
 from espnet_snac.model import SNAC, SNAC_24KHZ
@@ -22,7 +23,8 @@ from espnet_snac.train.dead_codes import DeadCodeRestart
 
 BANDS = [(0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
 
-# DAC's discriminator: multi-period (HiFi-GAN MPD) + multi-band complex-STFT; `rates` adds a waveform MSD.
+# DAC's discriminator: multi-period (HiFi-GAN MPD) + multi-band complex-STFT; `rates` (downsampling factors,
+# e.g. [1, 2, 4]) adds a waveform MSD per factor. ESPnet ignores hop_factor/channel of the band discriminator.
 DEFAULT_DISCRIMINATOR: Dict[str, Any] = {
     "rates": [],
     "fft_sizes": [2048, 1024, 512],
@@ -33,7 +35,7 @@ DEFAULT_DISCRIMINATOR: Dict[str, Any] = {
         "nonlinear_activation": "LeakyReLU", "nonlinear_activation_params": {"negative_slope": 0.1},
         "use_weight_norm": True, "use_spectral_norm": False,
     },
-    "band_discriminator_params": {"hop_factor": 0.25, "bands": BANDS, "channel": 32},
+    "band_discriminator_params": {"bands": BANDS},
 }
 
 
@@ -91,6 +93,7 @@ class SNACCodec(AbsGANCodec):
         dead_code_buffer_size: int = 8192,
         dead_code_noise: float = 0.01,
     ):
+        check_codec_conf(SNACCodec, locals())  # unknown keys and wrong types fail here, naming the key
         super().__init__()
         gen = {**SNAC_24KHZ, **(generator_params or {})}
         gen.setdefault("sampling_rate", sampling_rate)

@@ -20,6 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from espnet_snac.audio_io import AudioError, read_audio, resample, to_mono, wav_data_shortfall
+from espnet_snac.data.bandwidth import effective_bandwidth
 from espnet_snac.data.items import Rejected, SourceItem
 
 
@@ -49,6 +50,7 @@ class Converted:
     input_fs: int
     input_channels: int
     gain: float = 1.0  # < 1 when the signal was scaled down to avoid clipping
+    bandwidth_hz: Optional[float] = None  # effective bandwidth at the input rate, when measured
     blocks: Optional[Callable[[], Iterator[np.ndarray]]] = None  # streamed: yields (t,) float32 blocks
     num_samples: int = -1  # output length; set for streamed files
 
@@ -183,9 +185,10 @@ def _convert_long(item: SourceItem, info, limits: AudioLimits) -> Converted:
                      num_samples=length)
 
 
-def convert(item: SourceItem, limits: AudioLimits) -> Converted:
-    """Decode, check and convert one item. Raises ``Rejected``; returns ``Converted`` (for a file
-    longer than ``STREAM_SECONDS``, one that yields the converted audio in blocks)."""
+def convert(item: SourceItem, limits: AudioLimits, measure_bandwidth: bool = False) -> Converted:
+    """Decode, check and convert one item. Raises ``Rejected``; returns ``Converted`` (with the
+    effective bandwidth at the input rate when ``measure_bandwidth``; for a file longer than
+    ``STREAM_SECONDS``, one that yields the converted audio in blocks, bandwidth not measured)."""
     info = _long_file(item)
     if info is not None:
         return _convert_long(item, info, limits)
@@ -223,4 +226,5 @@ def convert(item: SourceItem, limits: AudioLimits) -> Converted:
     if peak > 1.0:  # 16-bit writing would clip: scale the utterance just below full scale
         gain = 0.999 / peak
         out = (out * gain).astype(np.float32)
-    return Converted(samples=out, input_fs=sr, input_channels=channels, gain=gain)
+    bandwidth = effective_bandwidth(mono, sr) if measure_bandwidth else None
+    return Converted(samples=out, input_fs=sr, input_channels=channels, gain=gain, bandwidth_hz=bandwidth)
