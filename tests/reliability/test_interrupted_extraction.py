@@ -1,6 +1,6 @@
 """Token extraction killed with SIGKILL and restarted writes exactly what an uninterrupted run writes.
 
-The kill is made deterministic with a pipe entry in wav.scp that waits while a gate file exists:
+Both with one process (two loader workers) and with two torchrun ranks on gloo. The kill is made deterministic with a pipe entry in wav.scp that waits while a gate file exists:
 the run is killed when its shard has committed every utterance before the gate, i.e. while it is
 blocked. A record cut in the middle (what a kill during a write leaves) is then added to the shard
 files before the restart, so both kinds of interruption are covered.
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-import pytest
 import soundfile as sf
 
 from fault_helpers import subprocess_env
@@ -154,9 +153,6 @@ def test_killed_extraction_resumes_byte_identical(small_model_dir, tmp_path, mon
     _assert_same_output(clean / "out", killed / "out", ranks=1)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("SNAC_SLOW_TESTS") != "1", reason="~60 s (three torchrun launches); "
-                    "set SNAC_SLOW_TESTS=1. CI runs the one-rank test with two loader workers.")
 def test_killed_two_rank_extraction_resumes_byte_identical(small_model_dir, tmp_path):
     scp = _inputs(tmp_path)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
