@@ -1,8 +1,8 @@
 """Token extraction killed with SIGKILL and restarted writes exactly what an uninterrupted run writes.
 
-Both with one process (two loader workers) and with two torchrun ranks on gloo. The kill is made deterministic with a pipe entry in wav.scp that waits while a gate file exists:
-the run is killed when its shard has committed every utterance before the gate, i.e. while it is
-blocked. A record cut in the middle (what a kill during a write leaves) is then added to the shard
+Both with one process (two loader workers) and with two torchrun ranks on gloo. The kill is made
+deterministic with a pipe entry in wav.scp that waits while a gate file exists: the run is killed
+when its shard has committed every utterance before the gate, i.e. while it is blocked. A record cut in the middle (what a kill during a write leaves) is then added to the shard
 files before the restart, so both kinds of interruption are covered.
 """
 from __future__ import annotations
