@@ -275,6 +275,7 @@ def cmd_convert(args) -> dict:
     import torch
     import yaml
 
+    from espnet_snac.atomic_files import atomic_torch_save, atomic_write_text
     from espnet_snac.checkpoints import ESPNET_GENERATOR_PREFIX
 
     src, dst = Path(args.src), Path(args.dst)
@@ -303,9 +304,9 @@ def cmd_convert(args) -> dict:
     # read by the stock espnet2.bin.gan_codec_inference (AudioCoding); ESPnet's defaults
     config.setdefault("use_preprocessor", True)
     config.setdefault("iterator_type", "sequence")
-    (dst / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     state = {ESPNET_GENERATOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, dst / ESPNET_WEIGHTS_NAME)
+    atomic_torch_save(state, dst / ESPNET_WEIGHTS_NAME)
+    atomic_write_text(dst / "config.yaml", yaml.safe_dump(config, sort_keys=False))  # last: marks it complete
     _say(f"wrote ESPnet experiment: {dst}/config.yaml + {ESPNET_WEIGHTS_NAME} (keys codec.generator.*); "
          f"fine-tune with --init_param {dst / ESPNET_WEIGHTS_NAME}", args.quiet)
     return {"format": "espnet", "path": str(dst)}
@@ -386,6 +387,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.func(args)
     except CLIError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. a full disk while convert writes a model; files are replaced atomically
+        print(f"{PROG}: error: {exc}; nothing half-written was left: free space and re-run", file=sys.stderr)
         return 1
     return 0
 

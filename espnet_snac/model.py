@@ -183,7 +183,10 @@ class SNAC(nn.Module):
         """Write the official format: ``config.json`` + ``pytorch_model.bin``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(self.config, indent=2) + "\n", encoding="utf-8")
+        from espnet_snac.atomic_files import atomic_torch_save, atomic_write_text
+
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        torch.save(state, directory / "pytorch_model.bin")
+        atomic_torch_save(state, directory / "pytorch_model.bin")
+        # config.json last: a directory holding it is a complete model
+        atomic_write_text(directory / "config.json", json.dumps(self.config, indent=2) + "\n")
         return directory

@@ -114,10 +114,26 @@ class ResidualVectorQuantize(nn.Module):
             latents.append(z_e_i)
         return QuantizerOutput(z_q, codes, torch.stack(commitment), torch.stack(codebook), latents)
 
+    def check_codes(self, codes: Sequence[torch.Tensor]) -> None:
+        """Refuse codes that no encoding by this model produces (an embedding lookup would fail
+        with an opaque index error on CPU and a device assert on CUDA, or decode garbage)."""
+        strides = [q.stride for q in self.quantizers]
+        first = codes[0].shape[-1] if codes[0].dim() else -1
+        for level, (c, stride) in enumerate(zip(codes, strides)):
+            if c.dtype.is_floating_point or c.dtype.is_complex or c.dtype == torch.bool:
+                raise ValueError(f"codes of level {level} must be integers, got {c.dtype}")
+            if c.dim() != 2 or c.shape[-1] != first * strides[0] // stride or c.shape[0] != codes[0].shape[0]:
+                raise ValueError(f"code levels must be (B, T_0 * {strides[0]} / stride) for strides {strides}; "
+                                 f"got shapes {[tuple(x.shape) for x in codes]}")
+            if c.numel() and bool(((c < 0) | (c >= self.codebook_size)).any()):
+                raise ValueError(f"code ids of level {level} must be in [0, {self.codebook_size}), got min "
+                                 f"{int(c.min())}, max {int(c.max())}: these codes were not made by this model")
+
     def from_codes(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
         """Codes per level -> summed latent ``(B, D, T)``."""
         if len(codes) != self.n_codebooks:
             raise ValueError(f"expected {self.n_codebooks} code levels, got {len(codes)}")
+        self.check_codes(codes)
         z_q = None
         for quantizer, c in zip(self.quantizers, codes):
             part = quantizer.decode_codes(c)

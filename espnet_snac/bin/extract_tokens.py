@@ -6,9 +6,10 @@ Examples::
         --output_dir dump/snac_tokens/train --device cuda --batch_size 32 --bpe_nunits 5000
     torchrun --nproc_per_node 4 -m espnet_snac.bin.extract_tokens --model ... (same options)
 
-Each rank encodes every ``world_size``-th pending utterance and appends to its own shard under
-``<output_dir>/shards/``; rank 0 then merges all shards (see ``espnet_snac.tokens.merge`` for the
-files). A re-run skips the utterances already written. Multi-node: run the same ``torchrun`` on
+Rank ``r`` encodes the input utterances ``r, r + world_size, ...`` (the same ones on every run)
+and appends to its own shard under ``<output_dir>/shards/``; rank 0 then merges all shards (see
+``espnet_snac.tokens.merge`` for the files). A re-run with the same inputs and rank count skips the
+utterances already written and produces exactly the files of an uninterrupted run. Multi-node: run the same ``torchrun`` on
 every node (``--nnodes N --node_rank i --rdzv_endpoint host:port``) with ``--output_dir`` on a
 shared filesystem; under Slurm, ``srun torchrun ...`` with those options per node.
 """
@@ -167,9 +168,9 @@ def encode_pool(encoder: BatchEncoder, writer: ShardWriter, pool: List[tuple]) -
 
 
 def extract(args: argparse.Namespace, dist: Distributed, model, device: torch.device, todo: List) -> dict:
-    """Encode this rank's share of ``todo``; returns its timing."""
+    """Encode ``todo`` (this rank's pending utterances); returns its timing."""
     rate = model.sampling_rate
-    mine = todo[dist.rank::dist.world]
+    mine = todo
     encoder = BatchEncoder(
         model, batch_size=args.batch_size, window_seconds=args.window_seconds,
         context_seconds=args.context_seconds, dtype=DTYPES[args.dtype],
@@ -222,6 +223,9 @@ def _load_model(path: str, device: torch.device):
         model = SNAC.from_pretrained(path, map_location=device)
     except Exception as exc:
         raise SystemExit(f"--model {path}: cannot load the SNAC model ({exc})") from exc
+    if list(model.vq_strides) != [4, 2, 1]:
+        raise SystemExit(f"--model {path}: a {model.sampling_rate} Hz model with vq_strides {list(model.vq_strides)}; "
+                         "the 7-token frame layout needs a 24 kHz-layout model (vq_strides [4, 2, 1])")
     return model.to(device).eval()
 
 
@@ -297,23 +301,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.merge_only:
         done = set(read_shards(args.output_dir).codes)
         dist.barrier()  # every rank has the same view of what is done before any rank writes
-        todo = [it for it in items if it.utt not in done]
+        # a fixed share per rank: a resumed run writes each utterance into the shard (and at the
+        # position) an uninterrupted run would
+        todo = [it for i, it in enumerate(items) if i % dist.world == dist.rank and it.utt not in done]
         if dist.rank == 0:
+            pending = sum(it.utt not in done for it in items)
             log.info("%d utterances, %d already written, %d to encode on %d rank(s)",
-                     len(items), len(items) - len(todo), len(todo), dist.world)
-        timing = extract(args, dist, model, device, todo)
+                     len(items), len(items) - pending, pending, dist.world)
+        try:
+            timing = extract(args, dist, model, device, todo)
+        except OSError as exc:  # e.g. a full disk: what is committed stays valid, the rest is redone
+            raise SystemExit(f"extract_tokens: cannot write under {args.output_dir} ({exc}); the utterances "
+                             "written so far are kept: free space and re-run the same command to resume") from exc
         timings = dist.gather(timing)
     status = 0
     if dist.rank == 0:
+        (args.output_dir / "stats.json").unlink(missing_ok=True)  # written last: marks a finished merge
         try:
             result = merge_shards(args.output_dir, keys, formats=formats, orpheus_base=args.orpheus_base,
                                   bpe_nunits=args.bpe_nunits, bpe_model=args.bpe_model, frames=args.frames,
                                   frame_samples=model.hop_length * model.vq_strides[0], transcripts=transcripts)
         except (ValueError, FileNotFoundError) as exc:
             raise SystemExit(f"merge failed: {exc}") from exc
+        except OSError as exc:
+            raise SystemExit(f"extract_tokens: merging into {args.output_dir} failed ({exc}); the shards are "
+                             "intact and the merge is not marked finished (no stats.json): free space and re-run "
+                             "the same command") from exc
         summary = summarize(result, timings, len(keys), model.sampling_rate, int(model.pad_multiple))
         summary["frame_rule"] = args.frames
-        write_summary(args.output_dir, summary)
+        try:
+            write_summary(args.output_dir, summary)
+        except OSError as exc:
+            raise SystemExit(f"extract_tokens: cannot write {args.output_dir / 'stats.json'} ({exc}); free space "
+                             "and re-run the same command") from exc
         print_summary(summary)
         if result.missing:
             log.error("%d utterances are neither written nor rejected (a rank stopped early?); re-run to resume: %s",

@@ -118,8 +118,11 @@ def process_shard(source: Source, index: int, opts: PrepOptions, budget: Budget)
                 budget.settle(False, 0.0)
                 continue
             seen.add(utt)
-            ref = writer.write(utt, converted.samples)
-            num = int(converted.samples.shape[0])
+            if converted.samples is None:
+                ref = writer.write_blocks(utt, converted.blocks())
+            else:
+                ref = writer.write(utt, converted.samples)
+            num = converted.num_samples
             result.kept += 1
             result.samples += num
             result.kept_rows.append((utt, sanitize(item.speaker) if item.speaker else "", ref, num))

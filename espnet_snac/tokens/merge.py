@@ -25,7 +25,6 @@ one frame is rejected (``rejected.tsv``), not written empty.
 from __future__ import annotations
 
 import json
-import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from kaldiio.matio import write_array
 
+from espnet_snac.atomic_files import atomic_open
 from espnet_snac.frames import FRAME_SIZE, frames_to_codes
 from espnet_snac.tokens.bpe import UnitBPE, train_bpe, units_to_chars
 from espnet_snac.tokens.hf_dataset import write_dataset
@@ -57,38 +57,22 @@ class MergeResult:
     bpe_model: Optional[Path] = None
 
 
-class _AtomicText:
-    """A text file written to ``<name>.tmp`` and renamed on success."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.f = None
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.tmp, "w", encoding="utf-8")
-        return self.f
-
-    def __exit__(self, exc_type, *_):
-        self.f.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+def _AtomicText(path: Path):
+    """A text file that appears complete or not at all (see ``espnet_snac.atomic_files``)."""
+    return atomic_open(path, "w")
 
 
 class _AtomicArk:
-    """A Kaldi ark written to ``<name>.tmp`` and renamed on success; :meth:`write` returns the scp
-    value ``<path>:<offset>`` (the path as given, as the shards do)."""
+    """A Kaldi ark that appears complete or not at all (see ``espnet_snac.atomic_files``);
+    :meth:`write` returns the scp value ``<path>:<offset>`` (the path as given, as the shards do)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self._file = atomic_open(self.path, "wb")
         self.f = None
 
     def __enter__(self) -> "_AtomicArk":
-        self.f = open(self.tmp, "wb")
+        self.f = self._file.__enter__()
         return self
 
     def write(self, utt: str, vector: np.ndarray) -> str:
@@ -97,12 +81,8 @@ class _AtomicArk:
         write_array(self.f, np.ascontiguousarray(vector, dtype=np.int32).reshape(-1))
         return f"{self.path}:{offset}"
 
-    def __exit__(self, exc_type, *_):
-        self.f.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+    def __exit__(self, *exc) -> None:
+        self._file.__exit__(*exc)
 
 
 def _close_all(fd_cache: dict) -> None:
