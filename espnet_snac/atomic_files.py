@@ -12,7 +12,7 @@ import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Callable, Iterator, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -28,13 +28,30 @@ def _create_temp(path: str) -> tuple[int, str]:
             continue
 
 
+def _fsync_dir(directory: str) -> None:
+    """Make a rename durable; some filesystems refuse fsync on directories (ignored)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Iterator[IO]:
+def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8",
+                before_replace: Optional[Callable[[], None]] = None) -> Iterator[IO]:
     """``with atomic_open(p, "w") as f: f.write(...)``; ``mode`` is ``"w"`` or ``"wb"``.
 
-    On success the data is fsynced and renamed over ``path``; on any exception the temporary
-    file is removed and ``path`` is left as it was. An ``OSError`` (e.g. a full disk) is re-raised
-    with the same errno and a message naming ``path``.
+    On success the data is fsynced and renamed over ``path`` (then the directory is fsynced);
+    ``before_replace`` runs once the new data is safely on disk, just before the rename (e.g. to
+    keep the old file under another name). On any exception the temporary file is removed and
+    ``path`` is left as it was. An ``OSError`` (e.g. a full disk) is re-raised with the same errno
+    and a message naming ``path``.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
@@ -45,7 +62,10 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Ite
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
     except BaseException as exc:
         try:
             os.unlink(tmp)

@@ -272,7 +272,6 @@ def _refuse_overwrite(directory: Path, names: Sequence[str], force: bool) -> Non
 
 
 def cmd_convert(args) -> dict:
-    import torch
     import yaml
 
     from espnet_snac.atomic_files import atomic_torch_save, atomic_write_text

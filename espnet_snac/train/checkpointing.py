@@ -13,7 +13,6 @@ import datetime
 import logging
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -21,66 +20,13 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from espnet_snac.atomic_files import atomic_open
+
 PathLike = Union[str, Path]
 LATEST = "checkpoint.pth"
 PREVIOUS = "checkpoint.prev.pth"
 FORMAT = "espnet_snac.train/1"
 REQUIRED_KEYS = ("format", "model", "optimizers", "schedulers", "reporter", "trainer")
-
-
-def umask() -> int:
-    """The process umask, read without changing it where Linux allows."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)  # elsewhere: set and restore
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories
-    finally:
-        os.close(fd)
-
-
-def _write_temp(obj: Any, path: str) -> str:
-    """``torch.save`` into a synced temporary file next to ``path`` with the umask's mode; its name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
-def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    """``torch.save(obj, path)`` so that ``path`` is always either the old file or the complete new
-    one, never a partial write; the file gets mode ``0o666 & ~umask`` like any new file."""
-    path = os.path.abspath(path)
-    tmp = _write_temp(obj, path)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path))
 
 
 def _plain(obj: Any) -> Any:
@@ -147,23 +93,21 @@ def save_checkpoint(output_dir: PathLike, state: Dict[str, Any]) -> Path:
     """
     output_dir = Path(output_dir)
     latest, previous = output_dir / LATEST, output_dir / PREVIOUS
-    tmp = _write_temp({"format": FORMAT, **state}, str(latest))
-    try:
-        if latest.exists():
-            try:
-                link = f"{previous}.link"
-                if os.path.lexists(link):
-                    os.unlink(link)
-                os.link(latest, link)
-                os.replace(link, previous)
-            except OSError:  # no hard links here: a short window where only the previous exists
-                os.replace(latest, previous)
-        os.replace(tmp, latest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(str(output_dir))
+
+    def keep_previous() -> None:
+        if not latest.exists():
+            return
+        try:
+            link = f"{previous}.link"
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.link(latest, link)
+            os.replace(link, previous)
+        except OSError:  # no hard links here: a short window where only the previous exists
+            os.replace(latest, previous)
+
+    with atomic_open(latest, "wb", before_replace=keep_previous) as fh:
+        torch.save({"format": FORMAT, **state}, fh)
     return latest
 
 
@@ -205,7 +149,7 @@ def load_checkpoint(output_dir: PathLike, map_location="cpu") -> Optional[Tuple[
     if errors:
         raise RuntimeError(
             "No readable training checkpoint: " + "; ".join(errors)
-            + f". Remove them (or start with --resume false in a new --output_dir) to train from scratch."
+            + ". Remove them (or start with --resume false in a new --output_dir) to train from scratch."
         )
     return None
 

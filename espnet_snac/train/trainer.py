@@ -28,6 +28,7 @@ from espnet2.train.reporter import Reporter, SubReporter
 from espnet2.utils.build_dataclass import build_dataclass
 from espnet2.utils.types import float_or_none, int_or_none
 
+from espnet_snac.atomic_files import atomic_torch_save
 from espnet_snac.train import checkpointing as ckpt
 from espnet_snac.train.nonfinite import NonFiniteTrainingError
 from espnet_snac.train.step import PRECISIONS, GANStep, StepConfig, clear_cache, unwrap
@@ -256,7 +257,7 @@ class SNACGANTrainer(GANTrainer):
             reporter.wandb_log()
         cls._save(output_dir, model, optimizers, schedulers, reporter, step,
                   completed_epoch=iepoch, epoch=iepoch + 1, batches=0)
-        ckpt.atomic_torch_save(model.state_dict(), output_dir / f"{iepoch}epoch.pth")
+        atomic_torch_save(model.state_dict(), output_dir / f"{iepoch}epoch.pth")
         _symlink(output_dir / "latest.pth", f"{iepoch}epoch.pth")
         improved = []
         for phase, key, mode in opts.best_model_criterion:
