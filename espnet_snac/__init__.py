@@ -12,9 +12,9 @@ _register_when_imported()
 
 _LAZY = {
     "SNAC": "espnet_snac.model",
-    "SNAC_24KHZ": "espnet_snac.model",
-    "SNAC_32KHZ": "espnet_snac.model",
-    "SNAC_44KHZ": "espnet_snac.model",
+    "SNAC_24KHZ": "espnet_snac.configs",
+    "SNAC_32KHZ": "espnet_snac.configs",
+    "SNAC_44KHZ": "espnet_snac.configs",
     "SNACTokenizer": "espnet_snac.tokenizer",
 }
 

@@ -13,6 +13,8 @@ from typing import Dict, Tuple, Union
 import torch
 import yaml
 
+from espnet_snac.configs import SNAC_24KHZ
+
 # ESPnet saves ESPnetGANCodecModel.state_dict(): the generator sits under this prefix.
 ESPNET_GENERATOR_PREFIX = "codec.generator."
 ESPNET_DISCRIMINATOR_PREFIX = "codec.discriminator."
@@ -25,11 +27,11 @@ class CheckpointError(ValueError):
     """A model path that cannot be read as SNAC weights; the message says why and what to pass."""
 
 
-def _torch_load(source, map_location) -> Dict:
+def _torch_load(source, map_location, label: str = "") -> Dict:
     try:
         state = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as exc:  # damaged file, or pickled objects other than tensors
-        raise CheckpointError(f"{source}: cannot read weights safely ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{label or source}: cannot read weights safely ({type(exc).__name__}: {exc})") from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # ESPnet's resumable checkpoint.pth
     return state
@@ -43,8 +45,6 @@ def generator_config_from_espnet(config: Dict, source: str) -> Dict:
     conf = dict(config.get("codec_conf") or {})
     params = dict(conf.get("generator_params") or {})
     params.setdefault("sampling_rate", conf.get("sampling_rate", 24000))
-    from espnet_snac.model import SNAC_24KHZ
-
     return {**SNAC_24KHZ, **params}
 
 
@@ -88,7 +88,7 @@ def _read_zip(path: Path, map_location) -> Tuple[Dict, Dict]:
         if not configs or not weights:
             raise CheckpointError(f"{path}: packed model must contain a config.yaml and a .pth file")
         config = yaml.safe_load(zf.read(configs[0]))
-        state = _torch_load(io.BytesIO(zf.read(weights[0])), map_location)
+        state = _torch_load(io.BytesIO(zf.read(weights[0])), map_location, label=f"{path}:{weights[0]}")
     return generator_config_from_espnet(config, f"{path}:{configs[0]}"), state
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -13,13 +13,18 @@ from espnet2.gan_codec.shared.discriminator.msmpmb_discriminator import (
 from espnet2.gan_tts.hifigan.loss import DiscriminatorAdversarialLoss, FeatureMatchLoss, GeneratorAdversarialLoss
 from espnet2.torch_utils.device_funcs import force_gatherable
 
+from espnet_snac.config_check import check_codec_conf
 from espnet_snac.frames import codes_to_frames, frames_to_codes, level_sizes_of
 from espnet_snac.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
-from espnet_snac.model import SNAC, SNAC_24KHZ
+from espnet_snac.model import SNAC, SNAC_24KHZ, SNACOutput
+from espnet_snac.train.code_histogram import code_counts
+from espnet_snac.train.codebook_health import CodebookHealth
+from espnet_snac.train.dead_codes import DeadCodeRestart
 
 BANDS = [(0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
 
-# DAC's discriminator: multi-period (HiFi-GAN MPD) + multi-band complex-STFT; `rates` adds a waveform MSD.
+# DAC's discriminator: multi-period (HiFi-GAN MPD) + multi-band complex-STFT; `rates` (downsampling factors,
+# e.g. [1, 2, 4]) adds a waveform MSD per factor. ESPnet ignores hop_factor/channel of the band discriminator.
 DEFAULT_DISCRIMINATOR: Dict[str, Any] = {
     "rates": [],
     "fft_sizes": [2048, 1024, 512],
@@ -30,8 +35,15 @@ DEFAULT_DISCRIMINATOR: Dict[str, Any] = {
         "nonlinear_activation": "LeakyReLU", "nonlinear_activation_params": {"negative_slope": 0.1},
         "use_weight_norm": True, "use_spectral_norm": False,
     },
-    "band_discriminator_params": {"hop_factor": 0.25, "bands": BANDS, "channel": 32},
+    "band_discriminator_params": {"bands": BANDS},
 }
+
+
+class _CacheEntry(NamedTuple):
+    source: torch.Tensor  # the input the output was made from (kept alive: its address stays unique)
+    key: tuple  # identity of that input and the mode it was made in
+    turn: str  # the turn that computed it; only the other turn may reuse it
+    output: SNACOutput
 
 
 def _merge(default: Dict[str, Any], override: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -42,11 +54,20 @@ def _merge(default: Dict[str, Any], override: Optional[Dict[str, Any]]) -> Dict[
 
 
 def codebook_statistics(codes: torch.Tensor, codebook_size: int):
-    """Fraction of the codebook used by ``codes`` and the perplexity of their histogram."""
-    counts = torch.bincount(codes.reshape(-1), minlength=codebook_size).float()
+    """Fraction of the codebook used by ``codes`` and the perplexity of their histogram.
+
+    Per batch, so capped by the batch size (windowed usage: :mod:`espnet_snac.train.codebook_health`).
+    No host synchronisation on CUDA: ``index_add_`` instead of ``bincount``, ``xlogy`` instead of a mask.
+    """
+    counts = code_counts([codes], codebook_size)[0].float()
     p = counts / counts.sum().clamp(min=1)
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    entropy = -torch.special.xlogy(p, p).sum()
     return (counts > 0).float().mean(), entropy.exp()
+
+
+def _to_float(outputs: List[List[torch.Tensor]]) -> List[List[torch.Tensor]]:
+    """Discriminator outputs (lists of feature maps) in fp32, so that the losses on them are fp32."""
+    return [[t.float() for t in fmaps] for fmaps in outputs]
 
 
 class SNACCodec(AbsGANCodec):
@@ -78,7 +99,13 @@ class SNACCodec(AbsGANCodec):
         lambda_codebook: float = 1.0,
         lambda_commitment: float = 0.25,
         cache_generator_outputs: bool = True,
+        health_window: int = 1000,
+        dead_code_restart: bool = False,
+        dead_code_after: int = 1000,
+        dead_code_buffer_size: int = 8192,
+        dead_code_noise: float = 0.01,
     ):
+        check_codec_conf(SNACCodec, locals())  # unknown keys and wrong types fail here, naming the key
         super().__init__()
         gen = {**SNAC_24KHZ, **(generator_params or {})}
         gen.setdefault("sampling_rate", sampling_rate)
@@ -120,6 +147,16 @@ class SNACCodec(AbsGANCodec):
         self.num_streams = sum(self.level_sizes)
         self.frame_shift = self.generator.hop_length * self.generator.vq_strides[0]
 
+        # Code usage over windows of training steps and validation sets (see codebook_health); a
+        # plain object, so the state_dict keeps exactly the generator's and discriminator's keys.
+        restart = None
+        if dead_code_restart:
+            restart = DeadCodeRestart(self.generator.n_codebooks, self.generator.codebook_size,
+                                      self.generator.codebook_dim, dead_code_after, dead_code_buffer_size,
+                                      dead_code_noise)
+        self.codebook_health = CodebookHealth(self.generator.n_codebooks, self.generator.codebook_size,
+                                              health_window, restart)
+
     def meta_info(self) -> Dict[str, Any]:
         return {
             "fs": self.fs,
@@ -135,68 +172,106 @@ class SNACCodec(AbsGANCodec):
             return self._forward_generator(audio)
         return self._forward_discriminator(audio)
 
-    def _generate(self, audio: torch.Tensor):
-        reuse = self.cache_generator_outputs and self._cache is not None
-        out = self._cache if reuse else self.generator.forward_with_losses(audio)
-        if self.cache_generator_outputs and not reuse:
-            self._cache = out
-        if reuse or not self.training:
-            self._cache = None
+    def _generate(self, audio: torch.Tensor, turn: str) -> SNACOutput:
+        """Generator outputs for ``audio (B, T)``, shared by the two turns of one iteration.
+
+        A cached output serves at most one other turn (``turn`` is ``"generator"`` or
+        ``"discriminator"``) on the very same batch: same tensor (the cache holds a reference, so
+        its storage cannot be recycled for another batch), same shape, same version counter (no
+        in-place change since), same train/grad mode. Anything else recomputes. So a skipped
+        discriminator turn or two generator turns in a row never reuse a stale output or a graph
+        that has already been back-propagated.
+        """
+        key = (audio.data_ptr(), tuple(audio.shape), audio.stride(), audio._version, audio.device,
+               self.training, torch.is_grad_enabled())
+        entry, self._cache = self._cache, None  # a cache entry is consumed at most once
+        if entry is not None and entry.turn != turn and entry.key == key:
+            return entry.output
+        out = self.generator.forward_with_losses(audio.unsqueeze(1))
+        if self.cache_generator_outputs:
+            self._cache = _CacheEntry(audio, key, turn, out)
         return out
+
+    def clear_cache(self) -> None:
+        """Drop the cached generator output (the trainer calls this after each iteration)."""
+        self._cache = None
 
     def _forward_generator(self, audio: torch.Tensor) -> Dict[str, Any]:
         batch_size = audio.size(0)
+        out = self._generate(audio, "generator")
         audio = audio.unsqueeze(1)
-        out = self._generate(audio)
-        audio_hat = out.audio_hat
+        # Losses and the discriminator's STFTs run in fp32 under bf16/fp16 autocast (see losses.py);
+        # the discriminator's convolutions still use the autocast dtype.
+        audio_hat = out.audio_hat.float()
 
-        stats: Dict[str, Any] = {}
-        loss = audio.new_zeros(())
+        # Stats stay 0-dim device tensors: the trainer moves them to the host once per step.
+        stats: Dict[str, torch.Tensor] = {}
+        loss = audio.new_zeros((), dtype=torch.float32)
         if self.lambda_adv or self.lambda_feat_match:
-            p_hat = self.discriminator(audio_hat)
+            p_hat = _to_float(self.discriminator(audio_hat))
             if self.lambda_adv:
                 adv = self.lambda_adv * self.generator_adv_loss(p_hat)
                 loss = loss + adv
-                stats["adv_loss"] = adv.item()
+                stats["adv_loss"] = adv.detach()
             if self.lambda_feat_match:
                 with torch.no_grad():
-                    p = self.discriminator(audio)
+                    p = _to_float(self.discriminator(audio))
                 fm = self.lambda_feat_match * self.feat_match_loss(p_hat, p)
                 loss = loss + fm
-                stats["feat_match_loss"] = fm.item()
+                stats["feat_match_loss"] = fm.detach()
         mel = self.lambda_mel * self.mel_loss(audio_hat, audio)
         loss = loss + mel
-        stats["mel_loss"] = mel.item()
+        stats["mel_loss"] = mel.detach()
         if self.lambda_stft:
             sc, mag = self.stft_loss(audio_hat, audio)
             loss = loss + self.lambda_stft * (sc + mag)
-            stats.update(stft_sc_loss=(self.lambda_stft * sc).item(), stft_mag_loss=(self.lambda_stft * mag).item())
+            stats.update(stft_sc_loss=(self.lambda_stft * sc).detach(),
+                         stft_mag_loss=(self.lambda_stft * mag).detach())
         if self.lambda_wave:
-            wave = self.lambda_wave * F.l1_loss(audio_hat, audio)
+            wave = self.lambda_wave * F.l1_loss(audio_hat, audio.float())
             loss = loss + wave
-            stats["wave_loss"] = wave.item()
-        codebook = self.lambda_codebook * out.codebook_loss.sum()
-        commitment = self.lambda_commitment * out.commitment_loss.sum()
+            stats["wave_loss"] = wave.detach()
+        codebook = self.lambda_codebook * out.codebook_loss.float().sum()
+        commitment = self.lambda_commitment * out.commitment_loss.float().sum()
         loss = loss + codebook + commitment
-        stats.update(codebook_loss=codebook.item(), commitment_loss=commitment.item())
-        for level, codes in enumerate(out.codes):
-            usage, perplexity = codebook_statistics(codes, self.generator.codebook_size)
-            stats[f"codebook_usage_{level}"] = usage.item()
-            stats[f"codebook_perplexity_{level}"] = perplexity.item()
-        stats["generator_loss"] = loss.item()
+        stats.update(codebook_loss=codebook.detach(), commitment_loss=commitment.detach())
+        with torch.no_grad():
+            for level, codes in enumerate(out.codes):
+                usage, perplexity = codebook_statistics(codes, self.generator.codebook_size)
+                stats[f"codebook_usage_{level}"] = usage
+                stats[f"codebook_perplexity_{level}"] = perplexity
+        stats["generator_loss"] = loss.detach()
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
+        self.codebook_health.observe(out.codes, out.latents, self.training)  # window / validation counts
         return {"loss": loss, "stats": stats, "weight": weight, "optim_idx": 0}
 
     def _forward_discriminator(self, audio: torch.Tensor) -> Dict[str, Any]:
         batch_size = audio.size(0)
-        audio = audio.unsqueeze(1)
-        audio_hat = self._generate(audio).audio_hat
-        real_loss, fake_loss = self.discriminator_adv_loss(self.discriminator(audio_hat.detach()),
-                                                           self.discriminator(audio))
+        audio_hat = self._generate(audio, "discriminator").audio_hat
+        real_loss, fake_loss = self.discriminator_adv_loss(
+            _to_float(self.discriminator(audio_hat.detach().float())), _to_float(self.discriminator(audio.unsqueeze(1)))
+        )
         loss = real_loss + fake_loss
-        stats = dict(discriminator_loss=loss.item(), real_loss=real_loss.item(), fake_loss=fake_loss.item())
+        stats = dict(discriminator_loss=loss.detach(), real_loss=real_loss.detach(), fake_loss=fake_loss.detach())
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
         return {"loss": loss, "stats": stats, "weight": weight, "optim_idx": 1}
+
+    # ------------------------------------------------------------------ trainer hooks
+    def _codebooks(self) -> List[torch.nn.Embedding]:
+        return [q.codebook for q in self.generator.quantizer.quantizers]
+
+    def training_step_end(self) -> Dict[str, float]:
+        """Once per training iteration, after the generator step, on every rank: windowed code usage
+        when a window completes, the dead-code restart when one is due (``{}`` on most steps)."""
+        return self.codebook_health.step_end(self._codebooks())
+
+    def validation_start(self) -> None:
+        """Before a validation pass: start counting codes over the validation set."""
+        self.codebook_health.validation_start()
+
+    def validation_end(self) -> Dict[str, float]:
+        """After a validation pass, on every rank: ``codes_used_valid_<l>``, ``perplexity_valid_<l>``."""
+        return self.codebook_health.validation_end(self._codebooks()[0].weight.device)
 
     # ------------------------------------------------------------------ inference
     def encode(self, x: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -29,6 +29,8 @@ from typing import List, Sequence, Union
 
 import numpy as np
 
+from espnet_snac.atomic_files import atomic_write_bytes
+
 MAGIC = b"SNAC"
 FORMAT_VERSION = 1
 MAX_CODEBOOK_SIZE = 1 << 12
@@ -178,7 +180,7 @@ def write(path: Union[str, Path], cf: CodeFile) -> int:
     """Write ``cf`` to ``path``; returns the number of bytes written."""
     data = to_bytes(cf, label=str(path))
     try:
-        Path(path).write_bytes(data)
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise CodeFileError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     return len(data)

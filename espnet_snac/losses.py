@@ -11,6 +11,13 @@ import torchaudio.functional as AF
 from torch import nn
 
 
+def fp32(x: torch.Tensor):
+    """Autocast off on ``x``'s device: in bf16 the mel filterbank matmul, ``log10`` of values near the
+    1e-5 clamp and the norms lose most of their precision (bf16 keeps 8 bits of mantissa), and
+    ``torch.stft`` has no bf16 kernel."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def _magnitude(x: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.Tensor:
     """``(B, 1, T)`` or ``(B, T)`` -> ``(B, n_fft//2+1, frames)`` STFT magnitude (centred, reflect pad)."""
     x = x.reshape(-1, x.shape[-1])
@@ -55,7 +62,11 @@ class MultiScaleMelLoss(nn.Module):
         return torch.matmul(mag.transpose(1, 2), getattr(self, f"fbank{i}"))  # (B, frames, mels)
 
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``y_hat``, ``y``: ``(B, 1, T)``; returns a scalar."""
+        """``y_hat``, ``y``: ``(B, 1, T)``; returns an fp32 scalar, also under bf16/fp16 autocast."""
+        with fp32(y_hat):
+            return self._forward(y_hat.float(), y.float())
+
+    def _forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = y_hat.new_zeros(())
         for i in range(len(self.window_lengths)):
             m_hat, m = self.mels(y_hat, i), self.mels(y, i)
@@ -85,7 +96,11 @@ class MultiResolutionSTFTLoss(nn.Module):
             self.register_buffer(f"window{i}", torch.hann_window(n), persistent=False)
 
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor):
-        """Returns ``(spectral_convergence, log_magnitude)`` scalars."""
+        """Returns ``(spectral_convergence, log_magnitude)`` fp32 scalars, also under autocast."""
+        with fp32(y_hat):
+            return self._forward(y_hat.float(), y.float())
+
+    def _forward(self, y_hat: torch.Tensor, y: torch.Tensor):
         sc = y_hat.new_zeros(())
         mag = y_hat.new_zeros(())
         for i, (n, hop) in enumerate(zip(self.fft_sizes, self.hop_sizes)):

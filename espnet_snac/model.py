@@ -5,11 +5,12 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Union
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from espnet_snac.configs import SNAC_24KHZ, SNAC_32KHZ, SNAC_44KHZ  # noqa: F401  (re-exported)
 from espnet_snac.fast import FastPath, FoldedWeights, has_hooks
 from espnet_snac.layers import Decoder, Encoder, NoiseBlock
 from espnet_snac.quantizer import ResidualVectorQuantize
@@ -22,6 +23,7 @@ class SNACOutput(NamedTuple):
     codes: List[torch.Tensor]  # per level (B, T_i)
     commitment_loss: torch.Tensor  # (n_levels,)
     codebook_loss: torch.Tensor  # (n_levels,)
+    latents: Sequence[torch.Tensor] = ()  # per level (B, codebook_dim, T_i) projected latents z_e, detached
 
 
 class SNAC(nn.Module):
@@ -110,7 +112,7 @@ class SNAC(nn.Module):
         z = self.encoder(self.preprocess(audio))
         q = self.quantizer(z)
         audio_hat = self.decoder(q.z_q)[..., :length]
-        return SNACOutput(audio_hat, q.codes, q.commitment_loss, q.codebook_loss)
+        return SNACOutput(audio_hat, q.codes, q.commitment_loss, q.codebook_loss, q.latents)
 
     def encode(self, audio: torch.Tensor) -> List[torch.Tensor]:
         """``audio (B, 1, T)`` -> codes ``[(B, T_0), (B, T_1), ...]`` (coarse to fine)."""
@@ -145,8 +147,10 @@ class SNAC(nn.Module):
         """Codes -> audio ``(B, 1, T')``.
 
         ``length`` trims the output to the original number of samples (``None``: untrimmed, as the
-        official package). ``noise_seed`` makes the NoiseBlocks reproducible; ``add_noise=False``
-        switches them off. With the defaults, noise comes from the global RNG like the release.
+        official package). ``noise_seed`` makes the NoiseBlocks reproducible, drawing the noise by
+        absolute position (so :class:`espnet_snac.streaming.StreamingDecoder` matches it);
+        ``add_noise=False`` switches them off. With the defaults, noise comes from the global RNG
+        like the release.
         """
         z_q = self.quantizer.from_codes(codes)
         with self.noise(seed=noise_seed, enabled=add_noise, device=z_q.device):
@@ -158,21 +162,34 @@ class SNAC(nn.Module):
 
     @contextlib.contextmanager
     def noise(self, seed: Optional[int] = None, enabled: bool = True,
-              device: Union[str, torch.device] = "cpu") -> Iterator[None]:
-        """Temporarily seed (one generator shared by all blocks, in order) or disable decoder noise."""
-        blocks = [m for m in self.decoder.modules() if isinstance(m, NoiseBlock)]
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(int(seed))
-        saved = [(b.generator, b.enabled) for b in blocks]
-        for b in blocks:
-            b.generator, b.enabled = generator, enabled
+              device: Union[str, torch.device, None] = None, start_frame: int = 0) -> Iterator[None]:
+        """Temporarily seed or disable decoder noise.
+
+        With a ``seed`` every NoiseBlock draws its noise by absolute position (see
+        :class:`espnet_snac.layers.NoiseBlock`); ``start_frame`` is the latent frame at which the
+        decoded latent starts, so that a window of a longer latent gets that latent's noise.
+        ``device`` is accepted for compatibility; the noise is made on the device of the signal.
+        """
+        blocks = self.noise_blocks()
+        saved = [(b.seed, b.index, b.offset, b.enabled) for b, _ in blocks]
+        for index, (block, upsampling) in enumerate(blocks):
+            block.seed = None if seed is None else int(seed)
+            block.index, block.offset, block.enabled = index, start_frame * upsampling, enabled
         try:
             yield
         finally:
-            for b, (g, e) in zip(blocks, saved):
-                b.generator, b.enabled = g, e
+            for (b, _), (s, i, o, e) in zip(blocks, saved):
+                b.seed, b.index, b.offset, b.enabled = s, i, o, e
+
+    def noise_blocks(self) -> List[Tuple[NoiseBlock, int]]:
+        """Decoder NoiseBlocks in order, each with its samples per latent frame (upsampling so far)."""
+        blocks, upsampling = [], 1
+        for module in self.decoder.modules():  # pre-order = forward order for these sequential stacks
+            if isinstance(module, nn.ConvTranspose1d):
+                upsampling *= module.stride[0]
+            elif isinstance(module, NoiseBlock):
+                blocks.append((module, upsampling))
+        return blocks
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
@@ -203,22 +220,10 @@ class SNAC(nn.Module):
         """Write the official format: ``config.json`` + ``pytorch_model.bin``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(self.config, indent=2) + "\n", encoding="utf-8")
+        from espnet_snac.atomic_files import atomic_torch_save, atomic_write_text
+
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        torch.save(state, directory / "pytorch_model.bin")
+        atomic_torch_save(state, directory / "pytorch_model.bin")
+        # config.json last: a directory holding it is a complete model
+        atomic_write_text(directory / "config.json", json.dumps(self.config, indent=2) + "\n")
         return directory
-
-
-#: Official configuration of the 24 kHz speech model.
-SNAC_24KHZ: Dict = dict(
-    sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
-    decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096, codebook_dim=8,
-    vq_strides=[4, 2, 1], noise=True, depthwise=True,
-)
-#: Official configuration of the 32 kHz model (the 44 kHz one differs only in sampling_rate).
-SNAC_32KHZ: Dict = dict(
-    sampling_rate=32000, encoder_dim=64, encoder_rates=[2, 3, 8, 8], decoder_dim=1536,
-    decoder_rates=[8, 8, 3, 2], attn_window_size=32, codebook_size=4096, codebook_dim=8,
-    vq_strides=[8, 4, 2, 1], noise=True, depthwise=True,
-)
-SNAC_44KHZ: Dict = dict(SNAC_32KHZ, sampling_rate=44100)

@@ -22,6 +22,9 @@ class QuantizerOutput(NamedTuple):
     codes: List[torch.Tensor]  # per level (B, T // stride)
     commitment_loss: torch.Tensor  # (n_levels,) mean over batch
     codebook_loss: torch.Tensor  # (n_levels,) mean over batch
+    # per level (B, codebook_dim, T // stride): the projected latents z_e the codes were chosen for,
+    # detached (code-usage tracking and dead-code restart read them; inference ignores them)
+    latents: Sequence[torch.Tensor] = ()
 
 
 class VectorQuantize(nn.Module):
@@ -55,6 +58,12 @@ class VectorQuantize(nn.Module):
 
     def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``z (B, D, T)`` -> ``(z_q (B, D, T), codes (B, T/stride), commitment (B,), codebook (B,))``."""
+        return self.quantize(z)[:4]
+
+    def quantize(
+        self, z: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward`, plus the projected latents ``z_e (B, d, T/stride)`` (detached)."""
         if self.stride > 1:
             z = F.avg_pool1d(z, self.stride, self.stride)
         z_e = self.in_proj(z)
@@ -63,7 +72,7 @@ class VectorQuantize(nn.Module):
         commitment = F.mse_loss(z_e, z_c.detach(), reduction="none").mean([1, 2])
         codebook = F.mse_loss(z_c, z_e.detach(), reduction="none").mean([1, 2])
         z_c = z_e + (z_c - z_e).detach()  # straight-through estimator
-        return self.upsample(self.out_proj(z_c)), codes, commitment, codebook
+        return self.upsample(self.out_proj(z_c)), codes, commitment, codebook, z_e.detach()
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """``(B, T/stride)`` -> this level's contribution ``(B, D, T)``."""
@@ -83,23 +92,48 @@ class ResidualVectorQuantize(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        """``z (B, D, T)`` with ``T`` divisible by every stride."""
+        """``z (B, D, T)`` with ``T`` divisible by every stride.
+
+        Runs in fp32 under autocast: in bf16 the cosine distances to 4096 codes tie or swap, so the
+        chosen codes (and the VQ losses) would depend on the training precision.
+        """
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self._quantize(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z)
+
+    def _quantize(self, z: torch.Tensor) -> QuantizerOutput:
         z_q = torch.zeros_like(z)
         residual = z
-        codes, commitment, codebook = [], [], []
+        codes, commitment, codebook, latents = [], [], [], []
         for quantizer in self.quantizers:
-            z_q_i, codes_i, commit_i, book_i = quantizer(residual)
+            z_q_i, codes_i, commit_i, book_i, z_e_i = quantizer.quantize(residual)
             z_q = z_q + z_q_i
             residual = residual - z_q_i
             codes.append(codes_i)
             commitment.append(commit_i.mean())
             codebook.append(book_i.mean())
-        return QuantizerOutput(z_q, codes, torch.stack(commitment), torch.stack(codebook))
+            latents.append(z_e_i)
+        return QuantizerOutput(z_q, codes, torch.stack(commitment), torch.stack(codebook), latents)
+
+    def check_codes(self, codes: Sequence[torch.Tensor]) -> None:
+        """Refuse codes that no encoding by this model produces (an embedding lookup would fail
+        with an opaque index error on CPU and a device assert on CUDA, or decode garbage)."""
+        strides = [q.stride for q in self.quantizers]
+        first = codes[0].shape[-1] if codes[0].dim() else -1
+        for level, (c, stride) in enumerate(zip(codes, strides)):
+            if c.dtype.is_floating_point or c.dtype.is_complex or c.dtype == torch.bool:
+                raise ValueError(f"codes of level {level} must be integers, got {c.dtype}")
+            if c.dim() != 2 or c.shape[-1] != first * strides[0] // stride or c.shape[0] != codes[0].shape[0]:
+                raise ValueError(f"code levels must be (B, T_0 * {strides[0]} / stride) for strides {strides}; "
+                                 f"got shapes {[tuple(x.shape) for x in codes]}")
+            if c.numel() and bool(((c < 0) | (c >= self.codebook_size)).any()):
+                raise ValueError(f"code ids of level {level} must be in [0, {self.codebook_size}), got min "
+                                 f"{int(c.min())}, max {int(c.max())}: these codes were not made by this model")
 
     def from_codes(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
         """Codes per level -> summed latent ``(B, D, T)``."""
         if len(codes) != self.n_codebooks:
             raise ValueError(f"expected {self.n_codebooks} code levels, got {len(codes)}")
+        self.check_codes(codes)
         z_q = None
         for quantizer, c in zip(self.quantizers, codes):
             part = quantizer.decode_codes(c)

@@ -6,9 +6,10 @@ Examples::
         --output_dir dump/snac_tokens/train --device cuda --batch_size 32 --bpe_nunits 5000
     torchrun --nproc_per_node 4 -m espnet_snac.bin.extract_tokens --model ... (same options)
 
-Each rank encodes every ``world_size``-th pending utterance and appends to its own shard under
-``<output_dir>/shards/``; rank 0 then merges all shards (see ``espnet_snac.tokens.merge`` for the
-files). A re-run skips the utterances already written. Multi-node: run the same ``torchrun`` on
+Rank ``r`` encodes the input utterances ``r, r + world_size, ...`` (the same ones on every run)
+and appends to its own shard under ``<output_dir>/shards/``; rank 0 then merges all shards (see
+``espnet_snac.tokens.merge`` for the files). A re-run with the same inputs and rank count skips the
+utterances already written and produces exactly the files of an uninterrupted run. Multi-node: run the same ``torchrun`` on
 every node (``--nnodes N --node_rank i --rdzv_endpoint host:port``) with ``--output_dir`` on a
 shared filesystem; under Slurm, ``srun torchrun ...`` with those options per node.
 """
@@ -27,7 +28,8 @@ import torch
 
 from espnet_snac.tokens.batching import BatchEncoder
 from espnet_snac.tokens.inputs import AudioItems, read_inputs
-from espnet_snac.tokens.layout import ORPHEUS_BASE
+from espnet_snac.tokens.hf_dataset import read_transcripts
+from espnet_snac.tokens.layout import FRAME_RULES, ORPHEUS_BASE
 from espnet_snac.tokens.merge import FORMATS, merge_shards, write_summary
 from espnet_snac.tokens.shards import ShardWriter, read_shards, shard_dir
 
@@ -44,7 +46,13 @@ def get_parser() -> argparse.ArgumentParser:
     src.add_argument("--data_dir", type=Path, help="Kaldi data directory (wav.scp and optional segments)")
     p.add_argument("--output_dir", type=Path, required=True)
     p.add_argument("--formats", default="ark,text",
-                   help=f"comma-separated subset of {','.join(FORMATS)} (ark is always written)")
+                   help=f"comma-separated subset of {','.join(FORMATS)} (ark is always written); codec: "
+                        "ESPnet speech-LM ark/scp of flat ids + codec_token_list; datasets: save_to_disk "
+                        "rows for Orpheus-style fine-tuning (with transcripts from <data_dir>/text)")
+    p.add_argument("--frames", default="ceil", choices=list(FRAME_RULES),
+                   help="frames per utterance in every file: ceil(T/2048) (all codes the encoder emits) or "
+                        "floor(T/2048) (whole frames only, as ESPnet's codec dump); shards keep all, so "
+                        "--merge_only can switch")
     p.add_argument("--orpheus_base", type=int, default=ORPHEUS_BASE,
                    help="id of the first audio token in the LM vocabulary for format 'orpheus'")
     p.add_argument("--bpe_nunits", type=int, default=0,
@@ -160,9 +168,9 @@ def encode_pool(encoder: BatchEncoder, writer: ShardWriter, pool: List[tuple]) -
 
 
 def extract(args: argparse.Namespace, dist: Distributed, model, device: torch.device, todo: List) -> dict:
-    """Encode this rank's share of ``todo``; returns its timing."""
+    """Encode ``todo`` (this rank's pending utterances); returns its timing."""
     rate = model.sampling_rate
-    mine = todo[dist.rank::dist.world]
+    mine = todo
     encoder = BatchEncoder(
         model, batch_size=args.batch_size, window_seconds=args.window_seconds,
         context_seconds=args.context_seconds, dtype=DTYPES[args.dtype],
@@ -215,6 +223,9 @@ def _load_model(path: str, device: torch.device):
         model = SNAC.from_pretrained(path, map_location=device)
     except Exception as exc:
         raise SystemExit(f"--model {path}: cannot load the SNAC model ({exc})") from exc
+    if list(model.vq_strides) != [4, 2, 1]:
+        raise SystemExit(f"--model {path}: a {model.sampling_rate} Hz model with vq_strides {list(model.vq_strides)}; "
+                         "the 7-token frame layout needs a 24 kHz-layout model (vq_strides [4, 2, 1])")
     return model.to(device).eval()
 
 
@@ -267,13 +278,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.batch_size <= 0:
         args.batch_size = 16 if args.device == "cuda" else 1
 
+    transcripts = None
     if args.data_dir is not None:
         wav_scp = args.data_dir / "wav.scp"
         segments = args.data_dir / "segments"
         items = read_inputs(wav_scp, segments if segments.is_file() else None)
+        if "datasets" in formats and (args.data_dir / "text").is_file():
+            transcripts = read_transcripts(args.data_dir / "text")
     else:
         items = read_inputs(args.wav_scp)
     keys = [it.utt for it in items]
+    if transcripts is not None:
+        lacking = [k for k in keys if k not in transcripts]
+        if lacking:  # checked before encoding, not after hours of it
+            raise SystemExit(f"{args.data_dir / 'text'}: no transcript for {len(lacking)} utterance(s) "
+                             f"(e.g. {' '.join(lacking[:5])}); fix the data directory or leave out format datasets")
 
     dist = Distributed()
     device = _select_device(args.device, dist.local_rank)
@@ -282,21 +301,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.merge_only:
         done = set(read_shards(args.output_dir).codes)
         dist.barrier()  # every rank has the same view of what is done before any rank writes
-        todo = [it for it in items if it.utt not in done]
+        # a fixed share per rank: a resumed run writes each utterance into the shard (and at the
+        # position) an uninterrupted run would
+        todo = [it for i, it in enumerate(items) if i % dist.world == dist.rank and it.utt not in done]
         if dist.rank == 0:
+            pending = sum(it.utt not in done for it in items)
             log.info("%d utterances, %d already written, %d to encode on %d rank(s)",
-                     len(items), len(items) - len(todo), len(todo), dist.world)
-        timing = extract(args, dist, model, device, todo)
+                     len(items), len(items) - pending, pending, dist.world)
+        try:
+            timing = extract(args, dist, model, device, todo)
+        except OSError as exc:  # e.g. a full disk: what is committed stays valid, the rest is redone
+            raise SystemExit(f"extract_tokens: cannot write under {args.output_dir} ({exc}); the utterances "
+                             "written so far are kept: free space and re-run the same command to resume") from exc
         timings = dist.gather(timing)
     status = 0
     if dist.rank == 0:
+        (args.output_dir / "stats.json").unlink(missing_ok=True)  # written last: marks a finished merge
         try:
             result = merge_shards(args.output_dir, keys, formats=formats, orpheus_base=args.orpheus_base,
-                                  bpe_nunits=args.bpe_nunits, bpe_model=args.bpe_model)
+                                  bpe_nunits=args.bpe_nunits, bpe_model=args.bpe_model, frames=args.frames,
+                                  frame_samples=model.hop_length * model.vq_strides[0], transcripts=transcripts)
         except (ValueError, FileNotFoundError) as exc:
             raise SystemExit(f"merge failed: {exc}") from exc
+        except OSError as exc:
+            raise SystemExit(f"extract_tokens: merging into {args.output_dir} failed ({exc}); the shards are "
+                             "intact and the merge is not marked finished (no stats.json): free space and re-run "
+                             "the same command") from exc
         summary = summarize(result, timings, len(keys), model.sampling_rate, int(model.pad_multiple))
-        write_summary(args.output_dir, summary)
+        summary["frame_rule"] = args.frames
+        try:
+            write_summary(args.output_dir, summary)
+        except OSError as exc:
+            raise SystemExit(f"extract_tokens: cannot write {args.output_dir / 'stats.json'} ({exc}); free space "
+                             "and re-run the same command") from exc
         print_summary(summary)
         if result.missing:
             log.error("%d utterances are neither written nor rejected (a rank stopped early?); re-run to resume: %s",

@@ -1,18 +1,20 @@
-"""ESPnet GAN-codec training with the ``snac`` codec registered.
+"""ESPnet GAN-codec training with the ``snac`` codec registered, run by ``SNACGANTrainer``.
 
-Same options as ``python -m espnet2.bin.gan_codec_train``. Registration happens at import time of
-this module, so workers spawned for ``--ngpu N`` (which re-import the main module) see ``snac`` too.
+ESPnet's options plus those of :class:`espnet_snac.train.trainer.SNACGANTrainer` (per-network
+clipping, precision, non-finite guard, periodic checkpoints) and ``--augment_conf``. Registration
+happens at import time of this module, so workers spawned for ``--ngpu N`` (which re-import the main
+module) see ``snac`` too.
 """
 from espnet_snac.registry import register
 
 register()
 
-from espnet2.tasks.gan_codec import GANCodecTask  # noqa: E402
+from espnet_snac.train.task import SNACGANCodecTask  # noqa: E402
 
 
 def main(cmd=None):
-    """Run ESPnet GAN-codec training (``--collect_stats true`` for statistics)."""
-    GANCodecTask.main(cmd=cmd)
+    """Run GAN-codec training (``--collect_stats true`` for statistics)."""
+    SNACGANCodecTask.main(cmd=cmd)
 
 
 if __name__ == "__main__":

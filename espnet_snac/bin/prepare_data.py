@@ -118,6 +118,11 @@ def _prepare_one(args: argparse.Namespace, preset: Dict[str, Any], split: Option
     except SourceError as exc:
         print(f"prepare_data: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a full disk: finished shards stay valid, the rest is redone
+        print(f"prepare_data: error: {exc}. {output_dir} is not complete (no wav.scp); the shards finished "
+              "so far are kept: fix the cause (e.g. free disk space) and re-run the same command to resume.",
+              file=sys.stderr)
+        return 1
     if summary is not None:
         print(summary.line())
     return 0

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from espnet_snac.atomic_files import atomic_open, atomic_write_text
 from espnet_snac.audio_io import AudioError, resample, to_mono
 from espnet_snac.metrics import HIGHER_IS_BETTER, METRIC_NAMES, MetricError, compute_all
 from espnet_snac.scp import ScpError, load_scp_audio, read_scp
@@ -117,7 +118,7 @@ def _fmt(value) -> str:
 
 
 def write_tsv(path: Path, rows: Sequence[Dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w") as f:
         f.write("\t".join(TSV_COLUMNS) + "\n")
         for r in rows:
             cells = [_fmt(r.get(c, "")) for c in TSV_COLUMNS]
@@ -149,7 +150,7 @@ def write_markdown(path: Path, results: Dict, stats: Dict[str, Dict[str, float]]
         lines += ["", "## Failed utterances", "", "| Utterance | Reason |", "|---|---|"]
         lines += [f"| {r['utt_id']} | {r['error'].replace('|', '/')} |" for r in failed]
     lines += ["", "ViSQOL is not reported (no maintained Python package for it is a dependency)."]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _pyplot():
@@ -249,8 +250,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results, stats = summarize(rows)
     write_tsv(out / "utt_results.tsv", rows)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     write_markdown(out / "results.md", results, stats, rows, args.ref_scp, args.hyp_scp)
+    # results.json last: the recipe reads its presence as "scoring finished"
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     if args.plot_spectrograms > 0 or args.plot_histogram:
         plot_dir = out / "plots"
         plot_dir.mkdir(exist_ok=True)

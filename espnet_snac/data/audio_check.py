@@ -4,23 +4,29 @@ Everything that can go wrong with an input ends in ``Rejected`` with a reason co
 (see ``items.REASONS``); everything else is converted: any rate in the accepted range is resampled
 with soxr, channels are averaged, and a signal that resampling pushed over full scale is scaled
 down so that writing 16-bit audio never clips.
+
+Sound files longer than ``STREAM_SECONDS`` are converted block by block in two passes (check and
+measure the peak, then convert and write), so memory does not grow with the duration of a file.
 """
 from __future__ import annotations
 
 import io
 import os
 import re
-import struct
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 import soundfile as sf
 
-from espnet_snac.audio_io import AudioError, read_audio, resample, to_mono
+from espnet_snac.audio_io import AudioError, read_audio, resample, to_mono, wav_data_shortfall
+from espnet_snac.data.bandwidth import effective_bandwidth
 from espnet_snac.data.items import Rejected, SourceItem
 
 
+#: Files longer than this (seconds) are converted block by block, in blocks of BLOCK_SECONDS.
+STREAM_SECONDS = 600.0
+BLOCK_SECONDS = 20.0
 _BUFFER_NAME = re.compile(r"Error opening <_io\.BytesIO object at 0x[0-9a-f]+>: ")
 
 
@@ -40,10 +46,17 @@ class AudioLimits:
 class Converted:
     """Result of ``convert``: ``samples`` (T,) float32 at ``limits.fs``; input rate/channels."""
 
-    samples: np.ndarray
+    samples: Optional[np.ndarray]  # None for a streamed file: see ``blocks``
     input_fs: int
     input_channels: int
     gain: float = 1.0  # < 1 when the signal was scaled down to avoid clipping
+    bandwidth_hz: Optional[float] = None  # effective bandwidth at the input rate, when measured
+    blocks: Optional[Callable[[], Iterator[np.ndarray]]] = None  # streamed: yields (t,) float32 blocks
+    num_samples: int = -1  # output length; set for streamed files
+
+    def __post_init__(self) -> None:
+        if self.samples is not None:
+            self.num_samples = int(self.samples.shape[0])
 
 
 def _load_bytes(payload: str) -> bytes:
@@ -55,30 +68,11 @@ def _load_bytes(payload: str) -> bytes:
         return fh.read()
 
 
-def _wav_data_shortfall(data: bytes) -> Optional[Tuple[int, int]]:
-    """For RIFF/WAVE bytes: (declared, present) sizes of the data chunk when it is cut short."""
-    if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
-        return None
-    endian = "<" if data[:4] == b"RIFF" else ">"
-    pos = 12
-    while pos + 8 <= len(data):
-        chunk_id = data[pos : pos + 4]
-        (size,) = struct.unpack(endian + "I", data[pos + 4 : pos + 8])
-        if chunk_id == b"data":
-            present = len(data) - pos - 8
-            # 0 and 0xFFFFFFFF mark streamed WAVs whose writer never knew the final size
-            if size not in (0, 0xFFFFFFFF) and present < size:
-                return size, present
-            return None
-        pos += 8 + size + (size & 1)
-    return None
-
-
 def _decode(data: bytes, origin: str) -> Tuple[np.ndarray, int]:
     """Decode encoded bytes to ((T, C) float32, rate), detecting truncation."""
     if len(data) == 0:
         raise Rejected("empty_file", origin)
-    shortfall = _wav_data_shortfall(data)
+    shortfall = wav_data_shortfall(data)
     if shortfall is not None:
         raise Rejected("truncated", f"{origin}: WAV data chunk declares {shortfall[0]} bytes, file has {shortfall[1]}")
     try:
@@ -132,8 +126,72 @@ def decode_item(item: SourceItem) -> Tuple[np.ndarray, int]:
     raise Rejected("missing_audio", f"{item.origin}: unusable audio value of type {type(payload).__name__}")
 
 
-def convert(item: SourceItem, limits: AudioLimits) -> Converted:
-    """Decode, check and convert one item. Raises ``Rejected``; returns ``Converted``."""
+def _long_file(item: SourceItem) -> Optional["sf._SoundFileInfo"]:
+    """The header of a whole sound file longer than ``STREAM_SECONDS``, else None."""
+    if not isinstance(item.audio, str) or item.start > 0 or (item.end is not None and item.end >= 0):
+        return None
+    try:
+        info = sf.info(item.audio)
+    except Exception:  # the in-memory path reports what is wrong with it
+        return None
+    return info if info.samplerate > 0 and info.frames > STREAM_SECONDS * info.samplerate else None
+
+
+def _mono_blocks(path: str, sr: int, fs: int, origin: str) -> Iterator[np.ndarray]:
+    """Decoded, checked, downmixed and resampled blocks ``(t,)`` float32 of a long file."""
+    import soxr
+
+    stream = soxr.ResampleStream(sr, fs, 1, dtype="float32", quality="VHQ") if sr != fs else None
+    for block in sf.blocks(path, blocksize=int(BLOCK_SECONDS * sr), dtype="float32", always_2d=True):
+        if not np.isfinite(block).all():
+            raise Rejected("non_finite", f"{origin}: NaN or Inf samples")
+        mono = to_mono(block)
+        yield stream.resample_chunk(mono) if stream is not None else mono
+    if stream is not None:
+        yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+def _convert_long(item: SourceItem, info, limits: AudioLimits) -> Converted:
+    path, origin, sr = item.audio, item.audio, int(info.samplerate)
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    shortfall = wav_data_shortfall(head, os.path.getsize(path))
+    if shortfall is not None:
+        raise Rejected("truncated", f"{origin}: WAV data chunk declares {shortfall[0]} bytes, file has {shortfall[1]}")
+    if not limits.min_input_fs <= sr <= limits.max_input_fs:
+        raise Rejected("unsupported_rate", f"{origin}: {sr} Hz is outside {limits.min_input_fs}..{limits.max_input_fs} Hz")
+    duration = info.frames / sr
+    if limits.max_duration > 0 and duration > limits.max_duration:
+        raise Rejected("too_long", f"{origin}: {duration:.1f} s > {limits.max_duration} s")
+    peak, length = 0.0, 0
+    try:  # first pass: everything the in-memory path checks, and the peak after resampling
+        for block in _mono_blocks(path, sr, limits.fs, origin):
+            length += block.shape[0]
+            if block.size:
+                peak = max(peak, float(np.max(np.abs(block))))
+    except Rejected:
+        raise
+    except Exception as exc:  # libsndfile errors part-way through a damaged file
+        raise Rejected("decode_error", f"{origin}: {type(exc).__name__}: {exc}") from None
+    if peak == 0.0:
+        raise Rejected("silent", f"{origin}: all samples are zero")
+    gain = 0.999 / peak if peak > 1.0 else 1.0
+
+    def blocks() -> Iterator[np.ndarray]:
+        for block in _mono_blocks(path, sr, limits.fs, origin):
+            yield (block * gain).astype(np.float32) if gain != 1.0 else block
+
+    return Converted(samples=None, input_fs=sr, input_channels=int(info.channels), gain=gain, blocks=blocks,
+                     num_samples=length)
+
+
+def convert(item: SourceItem, limits: AudioLimits, measure_bandwidth: bool = False) -> Converted:
+    """Decode, check and convert one item. Raises ``Rejected``; returns ``Converted`` (with the
+    effective bandwidth at the input rate when ``measure_bandwidth``; for a file longer than
+    ``STREAM_SECONDS``, one that yields the converted audio in blocks, bandwidth not measured)."""
+    info = _long_file(item)
+    if info is not None:
+        return _convert_long(item, info, limits)
     samples, sr = decode_item(item)
     if not limits.min_input_fs <= sr <= limits.max_input_fs:
         raise Rejected(
@@ -168,4 +226,5 @@ def convert(item: SourceItem, limits: AudioLimits) -> Converted:
     if peak > 1.0:  # 16-bit writing would clip: scale the utterance just below full scale
         gain = 0.999 / peak
         out = (out * gain).astype(np.float32)
-    return Converted(samples=out, input_fs=sr, input_channels=channels, gain=gain)
+    bandwidth = effective_bandwidth(mono, sr) if measure_bandwidth else None
+    return Converted(samples=out, input_fs=sr, input_channels=channels, gain=gain, bandwidth_hz=bandwidth)

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import BinaryIO, Optional
+import struct
+from typing import BinaryIO, Iterator, Optional
 
 import numpy as np
 import soundfile as sf
 
 AUDIO_FORMATS = ("flac", "ark")
+
+
+def _write_failed(path: str, exc: Exception) -> OSError:
+    """libsndfile reports a full disk as a RuntimeError ("System error."): make it an OSError that
+    names the file, like every other write failure."""
+    return OSError(f"cannot write {path} ({exc}); is the disk full?")
 
 
 class AudioShardWriter:
@@ -25,6 +32,10 @@ class AudioShardWriter:
         self.fs = fs
 
     def write(self, utt: str, samples: np.ndarray) -> str:
+        raise NotImplementedError
+
+    def write_blocks(self, utt: str, blocks: Iterator[np.ndarray]) -> str:
+        """Like ``write`` for a long signal given as ``(t,)`` blocks, without holding all of it."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -43,7 +54,20 @@ class FlacShardWriter(AudioShardWriter):
 
     def write(self, utt: str, samples: np.ndarray) -> str:
         path = os.path.join(self.directory, f"{utt}.flac")
-        sf.write(path, samples, self.fs, format="FLAC", subtype="PCM_16")
+        try:
+            sf.write(path, samples, self.fs, format="FLAC", subtype="PCM_16")
+        except sf.SoundFileError as exc:
+            raise _write_failed(path, exc) from exc
+        return path
+
+    def write_blocks(self, utt: str, blocks: Iterator[np.ndarray]) -> str:
+        path = os.path.join(self.directory, f"{utt}.flac")
+        try:
+            with sf.SoundFile(path, "w", self.fs, 1, format="FLAC", subtype="PCM_16") as fh:
+                for block in blocks:
+                    fh.write(block)
+        except sf.SoundFileError as exc:
+            raise _write_failed(path, exc) from exc
         return path
 
 
@@ -61,10 +85,37 @@ class ArkShardWriter(AudioShardWriter):
 
         assert self._fh is not None, "writer closed"
         offset = self._fh.tell() + len(utt.encode("utf-8")) + 1  # data starts after "utt "
-        kaldiio.save_ark(
-            self._fh, {utt: (samples, self.fs)}, write_function="soundfile",
-            write_kwargs={"format": "flac", "subtype": "PCM_16"},
-        )
+        try:
+            kaldiio.save_ark(
+                self._fh, {utt: (samples, self.fs)}, write_function="soundfile",
+                write_kwargs={"format": "flac", "subtype": "PCM_16"},
+            )
+        except sf.SoundFileError as exc:
+            raise _write_failed(self.path, exc) from exc
+        return f"{self.path}:{offset}"
+
+    def write_blocks(self, utt: str, blocks: Iterator[np.ndarray]) -> str:
+        """The FLAC stream goes to a temporary file first: kaldiio's record header needs its size."""
+        assert self._fh is not None, "writer closed"
+        tmp = f"{self.path}.{utt}.flac.tmp"
+        try:
+            try:
+                with sf.SoundFile(tmp, "w", self.fs, 1, format="FLAC", subtype="PCM_16") as out:
+                    for block in blocks:
+                        out.write(block)
+            except sf.SoundFileError as exc:
+                raise _write_failed(tmp, exc) from exc
+            size = os.path.getsize(tmp)
+            nbytes = max(1, (size.bit_length() + 7) // 8)
+            self._fh.write(f"{utt} ".encode("utf-8"))
+            offset = self._fh.tell()
+            # kaldiio's AUDIO record: b"AUDIO", length of the size field, size (little endian), FLAC bytes
+            self._fh.write(b"AUDIO" + struct.pack("<B", nbytes) + size.to_bytes(nbytes, "little"))
+            with open(tmp, "rb") as src:
+                shutil.copyfileobj(src, self._fh, 1 << 20)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         return f"{self.path}:{offset}"
 
     def close(self) -> None:

@@ -1,29 +1,13 @@
-"""Atomic writing of Kaldi text files (temp file + rename).
+"""Atomic writing of Kaldi text files (temp file + fsync + rename, see ``espnet_snac.atomic_files``).
 
 Kaldi files are read with ``espnet_snac.scp`` (``read_scp``, ``read_segments``)."""
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Iterable, List, Tuple
 
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the complete new one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from espnet_snac.atomic_files import atomic_write_text
 
 
 def atomic_write_lines(path: str, rows: Iterable[Iterable[object]], sep: str = " ") -> None:

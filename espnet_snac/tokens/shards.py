@@ -6,8 +6,10 @@ A shard ``<output_dir>/shards/part-<rank>/`` holds:
 - ``utt2num_samples``: input length in samples at the model rate,
 - ``rejected.tsv``: ``utt_id<TAB>reason`` for inputs that were skipped,
 - ``codes.scp``: ``utt_id <ark>:<offset>``, written last; a line ending in a newline commits the
-  utterance. A re-run appends to the same files and skips committed utterances, so a crash at any
-  point loses at most the utterances not yet committed.
+  utterance. A re-run first cuts what an interruption left after the last commit (a partial ark
+  record, a length line of an uncommitted utterance), then appends and skips committed utterances,
+  so a crash at any point loses at most the utterances not yet committed and the shard ends up
+  byte for byte as an uninterrupted run writes it.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-from kaldiio.matio import write_array
+from kaldiio.matio import read_kaldi, write_array
+
+from espnet_snac.atomic_files import atomic_write_text
 
 SHARDS = "shards"
 
@@ -71,6 +75,35 @@ def _drop_partial_line(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def _recover(directory: Path) -> None:
+    """Cut a shard back to its committed utterances (see the module docstring)."""
+    for name in ("codes.scp", "utt2num_samples", "rejected.tsv"):
+        _drop_partial_line(directory / name)
+    committed = _complete_lines(directory / "codes.scp")
+    ark = directory / "codes.ark"
+    end = 0
+    if committed:
+        last = committed[-1]
+        try:
+            offset = int(last.rsplit(":", 1)[1])
+            with open(ark, "rb") as f:
+                f.seek(offset)
+                read_kaldi(f)
+                end = f.tell()
+        except (OSError, ValueError, IndexError, AssertionError) as exc:
+            raise RuntimeError(f"{directory}: the last committed entry {last!r} cannot be read from {ark} ({exc}); "
+                               f"delete {directory} to redo this shard") from exc
+    if ark.is_file() and ark.stat().st_size > end:
+        with open(ark, "r+b") as f:
+            f.truncate(end)
+    lens = directory / "utt2num_samples"
+    done = {ln.split(maxsplit=1)[0] for ln in committed}
+    rows = _complete_lines(lens)
+    keep = [ln for ln in rows if ln.split(maxsplit=1)[0] in done]
+    if len(keep) != len(rows):
+        atomic_write_text(lens, "".join(ln + "\n" for ln in keep))
+
+
 class ShardWriter:
     """Appends utterances to one shard. ``ark_name`` is the ark path as written into the scp (kept
     as given, Kaldi-style: relative paths resolve against the directory the job runs in)."""
@@ -79,8 +112,7 @@ class ShardWriter:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.ark_name = ark_name
-        for name in ("codes.scp", "utt2num_samples", "rejected.tsv"):
-            _drop_partial_line(self.directory / name)
+        _recover(self.directory)
         self._ark = open(self.directory / "codes.ark", "ab")
         self._scp = open(self.directory / "codes.scp", "a", encoding="utf-8")
         self._lens = open(self.directory / "utt2num_samples", "a", encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Training machinery for SNAC: trainer, data pipeline, planning, monitoring."""
