@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 
 from espnet_snac import cli
 from espnet_snac.model import SNAC
@@ -122,6 +123,21 @@ def test_wheel_root_holds_the_hook_and_record_lists_it(wheels, kind):
     assert len(lines) == 1 and lines[0].startswith("import ") and "except Exception" in lines[0]
 
 
+OUR_TRAINER_KEYS = ("grad_clip_generator", "grad_clip_discriminator", "precision", "max_consecutive_nonfinite",
+                    "checkpoint_interval_iters", "checkpoint_interval_minutes", "augment_conf")
+
+
+def test_our_trainer_keys_are_the_ones_stock_espnet_lacks():
+    """The list above is what the stock parser would refuse in our configs."""
+    from espnet2.tasks.gan_codec import GANCodecTask
+
+    from espnet_snac.train.task import SNACGANCodecTask
+
+    stock = {a.dest for a in GANCodecTask.get_parser()._actions}
+    ours = {a.dest for a in SNACGANCodecTask.get_parser()._actions}
+    assert ours - stock == set(OUR_TRAINER_KEYS)
+
+
 def test_installed_wheel_lets_stock_espnet_tools_use_snac_and_uninstall_removes_it(wheels, experiment, tmp_path):
     venv = _venv(tmp_path / "venv", with_test_env=True)
     _pip(venv, "install", "--no-deps", "--no-index", wheels["wheel"])
@@ -130,7 +146,13 @@ def test_installed_wheel_lets_stock_espnet_tools_use_snac_and_uninstall_removes_
     wav = tmp_path / "utt1.wav"
     sf.write(wav, synthetic_speech(24000, 0.5, seed=1), 24000, subtype="PCM_16")
     (tmp_path / "wav.scp").write_text(f"utt1 {wav}\n")
-    tiny_config = REPO / "conf" / "tuning" / "train_snac24k_tiny.yaml"
+    # The stock trainer knows none of our trainer's options (per-network clipping, precision, ...):
+    # those configs need `python -m espnet_snac.bin.gan_codec_train`. Stock training gets them removed.
+    config = yaml.safe_load((REPO / "conf" / "tuning" / "train_snac24k_tiny.yaml").read_text())
+    for key in OUR_TRAINER_KEYS:
+        config.pop(key, None)
+    tiny_config = tmp_path / "stock_tiny.yaml"
+    tiny_config.write_text(yaml.safe_dump(config))
     runs = [
         ["espnet2.bin.gan_codec_inference", "--ngpu", "0", "--train_config", str(experiment / "config.yaml"),
          "--model_file", str(experiment / "latest.pth"), "--output_dir", str(tmp_path / "decode"),
