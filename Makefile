@@ -17,7 +17,8 @@ DEMO_EXP := $(RECIPE)/exp/codec_train_snac24k_demo
 .PHONY: demo test ci-demo venv
 
 venv:
-	@if ! $(VENV)/bin/python -c "import espnet_snac, espnet2, snac, pytest" 2>/dev/null; then \
+	@# espnet_snac.registry loaded at start-up: the package and its start-up hook are installed
+	@if ! $(VENV)/bin/python -c "import sys; assert 'espnet_snac.registry' in sys.modules; import espnet2, snac, pytest, wheel" 2>/dev/null; then \
 		echo "setting up $(VENV)"; \
 		test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV); \
 		$(VENV)/bin/python -m pip install "pip<25"; \

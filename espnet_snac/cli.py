@@ -3,7 +3,7 @@
 Subcommands::
 
     espnet-snac encode IN.wav OUT.snac --model M      # audio -> compact code file
-    espnet-snac decode IN.snac OUT.wav --model M      # code file -> audio
+    espnet-snac decode IN.snac OUT.wav --model M      # code file -> audio (--stream: frame by frame)
     espnet-snac reconstruct IN.wav OUT.wav --model M  # both, without writing codes
     espnet-snac convert SRC DST                       # official dir <-> ESPnet experiment dir
 
@@ -167,6 +167,40 @@ def _decode_codes(model, codes, length: int, device, seed: Optional[int], noise:
     return audio.view(-1).float().cpu().numpy(), time.perf_counter() - start
 
 
+def _stream_codes(model, codes, length: int, device, seed: Optional[int], noise: bool, chunk_frames: int,
+                  lookahead_frames: Optional[int], quiet: bool):
+    """Decode with :class:`StreamingDecoder`, pushing ``chunk_frames`` coarse frames at a time."""
+    import torch
+
+    from espnet_snac.frames import codes_to_frames
+    from espnet_snac.streaming import StreamingDecoder
+
+    frames = codes_to_frames([c.to(device) for c in codes])
+    try:
+        stream = StreamingDecoder(model, lookahead_frames=lookahead_frames, noise_seed=seed, add_noise=noise)
+    except ValueError as exc:
+        raise CLIError(f"--lookahead_frames: {exc}") from exc
+    pieces, push_seconds = [], []
+    _sync(device)
+    start = time.perf_counter()
+    for first in range(0, frames.shape[1], chunk_frames):
+        t0 = time.perf_counter()
+        pieces.append(stream.push(frames[:, first: first + chunk_frames]))
+        _sync(device)
+        push_seconds.append(time.perf_counter() - t0)
+    pieces.append(stream.flush())
+    _sync(device)
+    seconds = time.perf_counter() - start
+    frame_ms = 1000 * stream.samples_per_frame / model.sampling_rate
+    exact = StreamingDecoder.exact_lookahead_frames(model)
+    _say(f"streaming: {len(push_seconds)} pushes of {chunk_frames} frame(s) ({chunk_frames * frame_ms:.1f} ms of "
+         f"audio each); lookahead {stream.lookahead_frames} frame(s) = {stream.lookahead_frames * frame_ms:.1f} ms"
+         f" ({'exact' if stream.lookahead_frames >= exact else f'exact needs {exact}; approximate'}); "
+         f"{1000 * sum(push_seconds) / max(len(push_seconds), 1):.1f} ms per push", quiet)
+    audio = torch.cat(pieces, dim=-1)[..., :length]
+    return audio.view(-1).float().cpu().numpy(), seconds
+
+
 def cmd_encode(args) -> dict:
     from espnet_snac import codefile
 
@@ -211,7 +245,11 @@ def cmd_decode(args) -> dict:
     _say(f"codes: {args.input}: {model.n_codebooks} levels, {cf.num_frames} coarse frames; original input "
          f"{cf.duration:.2f} s at {cf.input_rate} Hz, {cf.input_channels} ch", args.quiet)
     codes = [torch.from_numpy(c).view(1, -1) for c in cf.codes]
-    audio, seconds = _decode_codes(model, codes, cf.output_length, device, args.seed, not args.no_noise)
+    if args.stream:
+        audio, seconds = _stream_codes(model, codes, cf.output_length, device, args.seed, not args.no_noise,
+                                       args.chunk_frames, args.lookahead_frames, args.quiet)
+    else:
+        audio, seconds = _decode_codes(model, codes, cf.output_length, device, args.seed, not args.no_noise)
     _write_output(args.output, audio, model.sampling_rate, cf.input_length, cf.input_rate, args.output_rate,
                   args.quiet)
     return _report_rates(model, cf.input_rate, cf.input_channels, cf.duration, seconds, "decoding", args.quiet)
@@ -262,6 +300,9 @@ def cmd_convert(args) -> dict:
     codec_conf["generator_params"] = dict(model.config)
     config.update(codec="snac", codec_conf=codec_conf)
     config.setdefault("model_conf", {})
+    # read by the stock espnet2.bin.gan_codec_inference (AudioCoding); ESPnet's defaults
+    config.setdefault("use_preprocessor", True)
+    config.setdefault("iterator_type", "sequence")
     (dst / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     state = {ESPNET_GENERATOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     torch.save(state, dst / ESPNET_WEIGHTS_NAME)
@@ -271,6 +312,13 @@ def cmd_convert(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="SNAC neural audio codec: encode, decode, reconstruct and convert models."
@@ -302,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="audio file to write (16-bit PCM)")
     model_options(p)
     decoder_options(p)
+    p.add_argument("--stream", action="store_true",
+                   help="decode frame by frame with the streaming decoder (same samples as the full decode)")
+    p.add_argument("--chunk_frames", type=_positive_int, default=1,
+                   help="with --stream: coarse frames pushed at a time (default: 1)")
+    p.add_argument("--lookahead_frames", type=int, default=None,
+                   help="with --stream: frames held back before audio is emitted (default: the exact "
+                        "lookahead; fewer lower the latency but change the audio)")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("reconstruct", help="audio -> codes -> audio in one go")

@@ -13,13 +13,18 @@ from espnet2.gan_codec.shared.discriminator.msmpmb_discriminator import (
 from espnet2.gan_tts.hifigan.loss import DiscriminatorAdversarialLoss, FeatureMatchLoss, GeneratorAdversarialLoss
 from espnet2.torch_utils.device_funcs import force_gatherable
 
+from espnet_snac.config_check import check_codec_conf
 from espnet_snac.frames import codes_to_frames, frames_to_codes, level_sizes_of
 from espnet_snac.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
 from espnet_snac.model import SNAC, SNAC_24KHZ, SNACOutput
+from espnet_snac.train.code_histogram import code_counts
+from espnet_snac.train.codebook_health import CodebookHealth
+from espnet_snac.train.dead_codes import DeadCodeRestart
 
 BANDS = [(0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
 
-# DAC's discriminator: multi-period (HiFi-GAN MPD) + multi-band complex-STFT; `rates` adds a waveform MSD.
+# DAC's discriminator: multi-period (HiFi-GAN MPD) + multi-band complex-STFT; `rates` (downsampling factors,
+# e.g. [1, 2, 4]) adds a waveform MSD per factor. ESPnet ignores hop_factor/channel of the band discriminator.
 DEFAULT_DISCRIMINATOR: Dict[str, Any] = {
     "rates": [],
     "fft_sizes": [2048, 1024, 512],
@@ -30,7 +35,7 @@ DEFAULT_DISCRIMINATOR: Dict[str, Any] = {
         "nonlinear_activation": "LeakyReLU", "nonlinear_activation_params": {"negative_slope": 0.1},
         "use_weight_norm": True, "use_spectral_norm": False,
     },
-    "band_discriminator_params": {"hop_factor": 0.25, "bands": BANDS, "channel": 32},
+    "band_discriminator_params": {"bands": BANDS},
 }
 
 
@@ -49,10 +54,12 @@ def _merge(default: Dict[str, Any], override: Optional[Dict[str, Any]]) -> Dict[
 
 
 def codebook_statistics(codes: torch.Tensor, codebook_size: int):
-    """Fraction of the codebook used by ``codes`` and the perplexity of their histogram."""
-    # scatter_add and xlogy instead of bincount / boolean indexing: no host synchronisation on CUDA.
-    flat = codes.reshape(-1)
-    counts = torch.zeros(codebook_size, device=codes.device).scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
+    """Fraction of the codebook used by ``codes`` and the perplexity of their histogram.
+
+    Per batch, so capped by the batch size (windowed usage: :mod:`espnet_snac.train.codebook_health`).
+    No host synchronisation on CUDA: ``index_add_`` instead of ``bincount``, ``xlogy`` instead of a mask.
+    """
+    counts = code_counts([codes], codebook_size)[0].float()
     p = counts / counts.sum().clamp(min=1)
     entropy = -torch.special.xlogy(p, p).sum()
     return (counts > 0).float().mean(), entropy.exp()
@@ -92,7 +99,13 @@ class SNACCodec(AbsGANCodec):
         lambda_codebook: float = 1.0,
         lambda_commitment: float = 0.25,
         cache_generator_outputs: bool = True,
+        health_window: int = 1000,
+        dead_code_restart: bool = False,
+        dead_code_after: int = 1000,
+        dead_code_buffer_size: int = 8192,
+        dead_code_noise: float = 0.01,
     ):
+        check_codec_conf(SNACCodec, locals())  # unknown keys and wrong types fail here, naming the key
         super().__init__()
         gen = {**SNAC_24KHZ, **(generator_params or {})}
         gen.setdefault("sampling_rate", sampling_rate)
@@ -133,6 +146,16 @@ class SNACCodec(AbsGANCodec):
         self.level_sizes = level_sizes_of(self.generator.vq_strides)
         self.num_streams = sum(self.level_sizes)
         self.frame_shift = self.generator.hop_length * self.generator.vq_strides[0]
+
+        # Code usage over windows of training steps and validation sets (see codebook_health); a
+        # plain object, so the state_dict keeps exactly the generator's and discriminator's keys.
+        restart = None
+        if dead_code_restart:
+            restart = DeadCodeRestart(self.generator.n_codebooks, self.generator.codebook_size,
+                                      self.generator.codebook_dim, dead_code_after, dead_code_buffer_size,
+                                      dead_code_noise)
+        self.codebook_health = CodebookHealth(self.generator.n_codebooks, self.generator.codebook_size,
+                                              health_window, restart)
 
     def meta_info(self) -> Dict[str, Any]:
         return {
@@ -219,6 +242,7 @@ class SNACCodec(AbsGANCodec):
                 stats[f"codebook_perplexity_{level}"] = perplexity
         stats["generator_loss"] = loss.detach()
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
+        self.codebook_health.observe(out.codes, out.latents, self.training)  # window / validation counts
         return {"loss": loss, "stats": stats, "weight": weight, "optim_idx": 0}
 
     def _forward_discriminator(self, audio: torch.Tensor) -> Dict[str, Any]:
@@ -231,6 +255,23 @@ class SNACCodec(AbsGANCodec):
         stats = dict(discriminator_loss=loss.detach(), real_loss=real_loss.detach(), fake_loss=fake_loss.detach())
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
         return {"loss": loss, "stats": stats, "weight": weight, "optim_idx": 1}
+
+    # ------------------------------------------------------------------ trainer hooks
+    def _codebooks(self) -> List[torch.nn.Embedding]:
+        return [q.codebook for q in self.generator.quantizer.quantizers]
+
+    def training_step_end(self) -> Dict[str, float]:
+        """Once per training iteration, after the generator step, on every rank: windowed code usage
+        when a window completes, the dead-code restart when one is due (``{}`` on most steps)."""
+        return self.codebook_health.step_end(self._codebooks())
+
+    def validation_start(self) -> None:
+        """Before a validation pass: start counting codes over the validation set."""
+        self.codebook_health.validation_start()
+
+    def validation_end(self) -> Dict[str, float]:
+        """After a validation pass, on every rank: ``codes_used_valid_<l>``, ``perplexity_valid_<l>``."""
+        return self.codebook_health.validation_end(self._codebooks()[0].weight.device)
 
     # ------------------------------------------------------------------ inference
     def encode(self, x: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -6,6 +6,7 @@ All tensors are ``(B, C, T)`` unless stated otherwise.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import List, Optional, Sequence
 
@@ -81,22 +82,57 @@ class EncoderBlock(nn.Module):
 class NoiseBlock(nn.Module):
     """Adds ``randn(B, 1, T) * conv1x1(x)``: input-dependent noise, active in eval mode too.
 
-    ``generator`` (set by :meth:`espnet_snac.model.SNAC.decode`) makes the noise reproducible and
-    ``enabled = False`` removes it; by default it draws from the global RNG like the official model.
+    By default the noise comes from the global RNG like the official model. With ``seed`` set (by
+    :meth:`espnet_snac.model.SNAC.noise`) it is a function of ``(seed, index, absolute position)``,
+    where ``offset`` is the absolute position of ``x[..., 0]``: a decode of any window of the latent
+    then draws the same noise as the full decode. ``enabled = False`` removes the noise.
     """
 
     def __init__(self, dim: int):
         super().__init__()
         self.linear = wn_conv1d(dim, dim, kernel_size=1, bias=False)
-        self.generator: Optional[torch.Generator] = None
+        self.seed: Optional[int] = None
+        self.index = 0
+        self.offset = 0
         self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
         b, _, t = x.shape
-        noise = torch.randn((b, 1, t), device=x.device, dtype=x.dtype, generator=self.generator)
+        if self.seed is None:
+            noise = torch.randn((b, 1, t), device=x.device, dtype=x.dtype)
+        else:
+            noise = positional_noise(self.seed, self.index, self.offset, b, t, x.device).to(x.dtype)
         return x + noise * self.linear(x)
+
+
+#: Positions per independently seeded piece of positional noise.
+NOISE_CHUNK = 2048
+
+
+def _chunk_seed(seed: int, index: int, chunk: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{index}/{chunk}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def positional_noise(seed: int, index: int, offset: int, batch: int, length: int,
+                     device: torch.device) -> torch.Tensor:
+    """Standard normal noise ``(batch, 1, length)`` for positions ``offset .. offset + length - 1``.
+
+    Positions are grouped in chunks of :data:`NOISE_CHUNK`, each drawn from its own generator seeded
+    by ``(seed, index, chunk)``, so any window reproduces the values of a longer decode.
+    """
+    if length == 0:
+        return torch.zeros(batch, 1, 0, device=device)
+    first, last = offset // NOISE_CHUNK, (offset + length - 1) // NOISE_CHUNK
+    pieces = []
+    for chunk in range(first, last + 1):
+        generator = torch.Generator(device=device)
+        generator.manual_seed(_chunk_seed(seed, index, chunk))
+        pieces.append(torch.randn((batch, NOISE_CHUNK), generator=generator, device=device))
+    start = offset - first * NOISE_CHUNK
+    return torch.cat(pieces, dim=1)[:, start: start + length].unsqueeze(1)
 
 
 class DecoderBlock(nn.Module):

@@ -5,7 +5,7 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Union
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ class SNACOutput(NamedTuple):
     codes: List[torch.Tensor]  # per level (B, T_i)
     commitment_loss: torch.Tensor  # (n_levels,)
     codebook_loss: torch.Tensor  # (n_levels,)
+    latents: Sequence[torch.Tensor] = ()  # per level (B, codebook_dim, T_i) projected latents z_e, detached
 
 
 class SNAC(nn.Module):
@@ -98,7 +99,7 @@ class SNAC(nn.Module):
         z = self.encoder(self.preprocess(audio))
         q = self.quantizer(z)
         audio_hat = self.decoder(q.z_q)[..., :length]
-        return SNACOutput(audio_hat, q.codes, q.commitment_loss, q.codebook_loss)
+        return SNACOutput(audio_hat, q.codes, q.commitment_loss, q.codebook_loss, q.latents)
 
     def encode(self, audio: torch.Tensor) -> List[torch.Tensor]:
         """``audio (B, 1, T)`` -> codes ``[(B, T_0), (B, T_1), ...]`` (coarse to fine)."""
@@ -111,8 +112,10 @@ class SNAC(nn.Module):
         """Codes -> audio ``(B, 1, T')``.
 
         ``length`` trims the output to the original number of samples (``None``: untrimmed, as the
-        official package). ``noise_seed`` makes the NoiseBlocks reproducible; ``add_noise=False``
-        switches them off. With the defaults, noise comes from the global RNG like the release.
+        official package). ``noise_seed`` makes the NoiseBlocks reproducible, drawing the noise by
+        absolute position (so :class:`espnet_snac.streaming.StreamingDecoder` matches it);
+        ``add_noise=False`` switches them off. With the defaults, noise comes from the global RNG
+        like the release.
         """
         z_q = self.quantizer.from_codes(codes)
         with self.noise(seed=noise_seed, enabled=add_noise, device=z_q.device):
@@ -121,21 +124,34 @@ class SNAC(nn.Module):
 
     @contextlib.contextmanager
     def noise(self, seed: Optional[int] = None, enabled: bool = True,
-              device: Union[str, torch.device] = "cpu") -> Iterator[None]:
-        """Temporarily seed (one generator shared by all blocks, in order) or disable decoder noise."""
-        blocks = [m for m in self.decoder.modules() if isinstance(m, NoiseBlock)]
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(int(seed))
-        saved = [(b.generator, b.enabled) for b in blocks]
-        for b in blocks:
-            b.generator, b.enabled = generator, enabled
+              device: Union[str, torch.device, None] = None, start_frame: int = 0) -> Iterator[None]:
+        """Temporarily seed or disable decoder noise.
+
+        With a ``seed`` every NoiseBlock draws its noise by absolute position (see
+        :class:`espnet_snac.layers.NoiseBlock`); ``start_frame`` is the latent frame at which the
+        decoded latent starts, so that a window of a longer latent gets that latent's noise.
+        ``device`` is accepted for compatibility; the noise is made on the device of the signal.
+        """
+        blocks = self.noise_blocks()
+        saved = [(b.seed, b.index, b.offset, b.enabled) for b, _ in blocks]
+        for index, (block, upsampling) in enumerate(blocks):
+            block.seed = None if seed is None else int(seed)
+            block.index, block.offset, block.enabled = index, start_frame * upsampling, enabled
         try:
             yield
         finally:
-            for b, (g, e) in zip(blocks, saved):
-                b.generator, b.enabled = g, e
+            for (b, _), (s, i, o, e) in zip(blocks, saved):
+                b.seed, b.index, b.offset, b.enabled = s, i, o, e
+
+    def noise_blocks(self) -> List[Tuple[NoiseBlock, int]]:
+        """Decoder NoiseBlocks in order, each with its samples per latent frame (upsampling so far)."""
+        blocks, upsampling = [], 1
+        for module in self.decoder.modules():  # pre-order = forward order for these sequential stacks
+            if isinstance(module, nn.ConvTranspose1d):
+                upsampling *= module.stride[0]
+            elif isinstance(module, NoiseBlock):
+                blocks.append((module, upsampling))
+        return blocks
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod

@@ -22,6 +22,9 @@ class QuantizerOutput(NamedTuple):
     codes: List[torch.Tensor]  # per level (B, T // stride)
     commitment_loss: torch.Tensor  # (n_levels,) mean over batch
     codebook_loss: torch.Tensor  # (n_levels,) mean over batch
+    # per level (B, codebook_dim, T // stride): the projected latents z_e the codes were chosen for,
+    # detached (code-usage tracking and dead-code restart read them; inference ignores them)
+    latents: Sequence[torch.Tensor] = ()
 
 
 class VectorQuantize(nn.Module):
@@ -55,6 +58,12 @@ class VectorQuantize(nn.Module):
 
     def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``z (B, D, T)`` -> ``(z_q (B, D, T), codes (B, T/stride), commitment (B,), codebook (B,))``."""
+        return self.quantize(z)[:4]
+
+    def quantize(
+        self, z: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward`, plus the projected latents ``z_e (B, d, T/stride)`` (detached)."""
         if self.stride > 1:
             z = F.avg_pool1d(z, self.stride, self.stride)
         z_e = self.in_proj(z)
@@ -63,7 +72,7 @@ class VectorQuantize(nn.Module):
         commitment = F.mse_loss(z_e, z_c.detach(), reduction="none").mean([1, 2])
         codebook = F.mse_loss(z_c, z_e.detach(), reduction="none").mean([1, 2])
         z_c = z_e + (z_c - z_e).detach()  # straight-through estimator
-        return self.upsample(self.out_proj(z_c)), codes, commitment, codebook
+        return self.upsample(self.out_proj(z_c)), codes, commitment, codebook, z_e.detach()
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """``(B, T/stride)`` -> this level's contribution ``(B, D, T)``."""
@@ -94,15 +103,16 @@ class ResidualVectorQuantize(nn.Module):
     def _quantize(self, z: torch.Tensor) -> QuantizerOutput:
         z_q = torch.zeros_like(z)
         residual = z
-        codes, commitment, codebook = [], [], []
+        codes, commitment, codebook, latents = [], [], [], []
         for quantizer in self.quantizers:
-            z_q_i, codes_i, commit_i, book_i = quantizer(residual)
+            z_q_i, codes_i, commit_i, book_i, z_e_i = quantizer.quantize(residual)
             z_q = z_q + z_q_i
             residual = residual - z_q_i
             codes.append(codes_i)
             commitment.append(commit_i.mean())
             codebook.append(book_i.mean())
-        return QuantizerOutput(z_q, codes, torch.stack(commitment), torch.stack(codebook))
+            latents.append(z_e_i)
+        return QuantizerOutput(z_q, codes, torch.stack(commitment), torch.stack(codebook), latents)
 
     def from_codes(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
         """Codes per level -> summed latent ``(B, D, T)``."""

@@ -4,12 +4,18 @@ ESPnet has no plugin mechanism: ``GANCodecTask`` builds models from the module-l
 ``espnet2.tasks.gan_codec.codec_choices``, so the class must be in it before a parser is built.
 Importing that module costs seconds, so ``import espnet_snac`` does not force it: if the task module
 is not loaded yet, a one-shot import hook registers ``snac`` the moment it is.
+
+Installing the package also installs ``espnet_snac_hook.pth`` in site-packages (see setup.py): every
+interpreter runs :func:`register_when_imported` at start-up (this module and the package
+``__init__`` only; no torch, no espnet2), so stock ESPnet tools and other recipes' scripts see
+``snac`` without importing ``espnet_snac`` themselves. ``pip uninstall`` removes the file.
 """
 from __future__ import annotations
 
 import importlib.abc
 import importlib.util
 import sys
+import warnings
 
 TASK_MODULE = "espnet2.tasks.gan_codec"
 CODEC_NAME = "snac"
@@ -44,7 +50,13 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
 
         def exec_and_register(module):
             exec_module(module)
-            register()
+            try:
+                register()
+            except Exception as exc:  # the hook runs in every process: never break the other codecs
+                warnings.warn(f"espnet_snac: the 'snac' codec could not be registered with ESPnet "
+                              f"({type(exc).__name__}: {exc}); for the traceback run "
+                              "python -c 'from espnet_snac.registry import register; register()'",
+                              RuntimeWarning, stacklevel=2)
 
         spec.loader.exec_module = exec_and_register
         return spec

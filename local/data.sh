@@ -2,7 +2,8 @@
 # Recipe stage 1: Kaldi-style data directories <output_dir>/<set> (wav.scp, utt2spk, spk2utt,
 # utt2num_samples, rejected.tsv) through python -m espnet_snac.bin.prepare_data.
 #
-#   --dataset demo            the embedded demo corpus (local/demo_corpus/{train,dev,test})
+#   --dataset demo            the embedded demo corpus (local/demo_corpus/{train,dev,test}); its
+#                             transcripts local/demo_corpus/text give <output_dir>/<set>/text
 #   --dataset folder:PATH     any folder of audio files, kaldi:PATH a Kaldi data directory,
 #   --dataset hf:NAME[:CONF]  a Hugging Face dataset: prepare_data writes {train,dev,test}
 #                             (deterministic hash split when the source has one split)
@@ -66,6 +67,16 @@ case "$dataset" in
                 die "the demo corpus has no '${dset}' set (it has train, dev, test): ${DEMO_CORPUS}/${dset}"
             # Each folder is one split already: keep every file in it.
             prepare "folder:${DEMO_CORPUS}/${dset}" "${output_dir}/${dset}" "${common[@]}" "${extra[@]}"
+            if [ -f "${DEMO_CORPUS}/text" ]; then
+                # Kaldi text (utt_id transcript) for the utterances kept in wav.scp.
+                awk 'NR == FNR { keep[$1] = 1; next } ($1 in keep)' "${output_dir}/${dset}/wav.scp" \
+                    "${DEMO_CORPUS}/text" | sort > "${output_dir}/${dset}/text"
+                n_text=$(wc -l < "${output_dir}/${dset}/text")
+                n_wav=$(wc -l < "${output_dir}/${dset}/wav.scp")
+                log "${output_dir}/${dset}/text: transcripts of ${n_text} of ${n_wav} utterances"
+            else
+                log "no ${DEMO_CORPUS}/text: ${output_dir}/${dset} has no transcripts"
+            fi
         done
         ;;
     folder:*|kaldi:*|hf:*)

@@ -18,7 +18,7 @@ die() {
 # ---------------------------------------------------------------------------------------------
 # Options (name, default, help). Every one can be given as --name VALUE.
 stage=1                  # first stage to run
-stop_stage=6             # last stage to run (7 = pack the model)
+stop_stage=6             # last stage to run (7 = pack the model, 8 = speech LM)
 ngpu=0                   # GPUs per node for training (0 = CPU); decoding/tokens use one if > 0
 num_nodes=1              # nodes for training (needs --cmd_backend slurm when > 1)
 nj=4                     # parallel jobs for data preparation and statistics
@@ -34,6 +34,8 @@ max_wav_duration=30      # longer utterances are rejected in stage 2 (seconds; 0
 audio_format=flac        # flac | ark: storage of the dumped audio
 train_config=            # training config (yaml)
 train_args=              # extra options for gan_codec_train (e.g. "--max_epoch 10")
+num_iters=               # optimizer steps of the training (default: the config's own total on one device)
+batch_size=              # global batch in chunks, split over GPUs and nodes (default: the config's)
 init_param=              # fine-tune from this model (ESPnet --init_param syntax)
 tag=                     # experiment name suffix (default: train_config file name)
 inference_model=         # checkpoint of the experiment for stages 5-7 (default: valid.mel_loss.best.pth, else latest.pth)
@@ -44,6 +46,15 @@ workdir=.                # parent of data/, dump/ and exp/ unless given separate
 datadir=                 # default: ${workdir}/data
 dumpdir=                 # default: ${workdir}/dump
 expdir=                  # default: ${workdir}/exp
+lm_config=               # stage 8: speech LM config (default: conf/train_lm_snac.yaml)
+lm_tag=                  # stage 8: LM experiment name suffix (default: lm_config file name, + _text with a text prefix)
+lm_args=                 # stage 8: extra options for lm_train (e.g. "--max_epoch 5")
+lm_text_prefix=false     # stage 8: true = lines start with the transcript (data/<set>/text): a text-to-speech LM
+lm_prompt_set=           # stage 8: held-out set whose utterances prompt the LM (default: first of --test_sets)
+lm_num_prompts=2         # stage 8: prompts to continue
+lm_prompt_frames=12      # stage 8: SNAC frames per prompt (12 = 1 s at 24 kHz; 0 allowed with --lm_text_prefix true)
+lm_gen_frames=36         # stage 8: frames the LM generates per prompt (7 ids each)
+lm_inference_args=       # stage 8: extra options for lm_inference (search is greedy: --beam_size 1)
 
 help_message() {
     cat <<EOF
@@ -58,6 +69,9 @@ Stages:
      \${expdir}/codec_<tag>/RESULTS.md
   6  token extraction for all sets -> \${dumpdir}/tokens/<set>
   7  (optional) packing: ESPnet zip and official-format directory -> \${expdir}/codec_<tag>/packed
+  8  (optional) speech LM on the tokens of stage 6 with ESPnet's LM task: data -> \${dumpdir}/lm_snac[_text],
+     lm_train -> \${expdir}/lm_<lm_tag>, lm_inference continues held-out prompts, the slot check and
+     SNAC decoding -> \${expdir}/lm_<lm_tag>/generate_<model>_<set>/{wav,continuation,slot_check.json}
 
 Options:
 EOF
@@ -316,7 +330,8 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     [ -f "${stats_dir}/.done" ] || die "Stage 4: statistics missing (run stage 3)"
     marker=${codec_exp}/.done_train
     fp=$(fingerprint "$train_config" "${stats_dir}/.done" -- \
-        "train_args=${train_args} init_param=${init_param} ngpu=${ngpu} num_nodes=${num_nodes}")
+        "train_args=${train_args} init_param=${init_param} ngpu=${ngpu} num_nodes=${num_nodes}" \
+        "num_iters=${num_iters} batch_size=${batch_size}")
     state=$(stage_state "$marker" "$fp")
     if [ "$state" = done ]; then
         log "Stage 4: training in ${codec_exp} already finished; skipping"
@@ -334,6 +349,21 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         printf '%s--stage 4 "$@"\n' "$run_args" > "${codec_exp}/run.sh"
         chmod +x "${codec_exp}/run.sh"
 
+        # The plan turns the step count and global batch into ESPnet's per-rank chunk-iterator
+        # options for this corpus and world size (see README "Planning a run").
+        plan_opts=(--speech_shape "${stats_dir}/train/audio_shape" --config "$train_config"
+            --ngpu "$ngpu" --num_nodes "$num_nodes")
+        plan_opts+=(--num_iters "${num_iters:-config}")
+        [ -n "$batch_size" ] && plan_opts+=(--batch_size "$batch_size")
+        "$python" -m espnet_snac.bin.plan_training "${plan_opts[@]}" > "${codec_exp}/plan.txt" 2> "${codec_exp}/plan.err" ||
+            { cat "${codec_exp}/plan.err" >&2; die "Stage 4: the run cannot be planned (${codec_exp}/plan.err)"; }
+        rm -f "${codec_exp}/plan.err"
+        tail -n 1 "${codec_exp}/plan.txt" > "${codec_exp}/plan.json"
+        sed '$d' "${codec_exp}/plan.txt" | while IFS= read -r line; do log "Stage 4: plan: ${line}"; done
+        read -r plan_k plan_epochs plan_batch < <("$python" -c \
+            'import json,sys; p=json.load(open(sys.argv[1])); print(p["num_iters_per_epoch"], p["max_epoch"], p["batch_size"])' \
+            "${codec_exp}/plan.json")
+
         opts=(--config "$train_config"
             --use_preprocessor true
             --train_data_path_and_name_and_type "${train_dir}/wav.scp,audio,${data_type}"
@@ -342,7 +372,8 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
             --valid_shape_file "${stats_dir}/valid/audio_shape"
             --resume true
             --output_dir "$codec_exp"
-            --ngpu "$ngpu")
+            --ngpu "$ngpu"
+            --num_iters_per_epoch "$plan_k" --max_epoch "$plan_epochs" --batch_size "$plan_batch")
         [ -n "$init_param" ] && opts+=(--init_param "$init_param")
         if [ "$ngpu" -gt 1 ] || [ "$num_nodes" -gt 1 ]; then
             opts+=(--multiprocessing_distributed true)
@@ -527,6 +558,161 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
         log "Stage 7: ESPnet zip ${packdir}/model.zip; official format ${packdir}/snac_24khz" \
             "(snac.SNAC.from_pretrained loads it)"
     fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Stage 8: a speech LM trained by ESPnet's own LM task on the tokens of stage 6, as another recipe
+# would use them. Four steps, each with its own done-marker: data, statistics, training, and
+# generation (lm_inference, slot check, SNAC decoding).
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+    case "$lm_text_prefix" in true|false) ;; *) die "--lm_text_prefix must be true or false, got '$lm_text_prefix'" ;; esac
+    for v in lm_num_prompts lm_prompt_frames lm_gen_frames; do
+        [[ "${!v}" =~ ^[0-9]+$ ]] || die "--$v must be a non-negative integer, got '${!v}'"
+    done
+    [ "$lm_num_prompts" -ge 1 ] && [ "$lm_gen_frames" -ge 1 ] || die "--lm_num_prompts and --lm_gen_frames must be at least 1"
+    lm_config=${lm_config:-conf/train_lm_snac.yaml}
+    [ -f "$lm_config" ] || die "Stage 8: LM config '${lm_config}' not found (--lm_config)"
+    read -r -a _test_sets <<< "$test_sets"
+    lm_prompt_set=${lm_prompt_set:-${_test_sets[0]:-}}
+    [ -n "$lm_prompt_set" ] || die "Stage 8: no prompt set (give --lm_prompt_set or --test_sets)"
+    [ "$lm_prompt_set" != "$train_set" ] || die "Stage 8: the prompts must be held out: --lm_prompt_set equals --train_set"
+    if "$lm_text_prefix"; then lm_variant=snac_text; else lm_variant=snac; fi
+    if [ -z "$lm_tag" ]; then
+        lm_tag=$(basename "$lm_config")
+        lm_tag=${lm_tag%.*}
+        "$lm_text_prefix" && lm_tag=${lm_tag}_text
+    fi
+    lm_data=${dumpdir}/lm_${lm_variant}
+    lm_stats=${expdir}/lm_stats_${lm_variant}
+    lm_exp=${expdir}/lm_${lm_tag}
+    if [ "$ngpu" -gt 0 ]; then _ngpu=1; job_uses_gpu=true; device=cuda; else _ngpu=0; job_uses_gpu=false; device=cpu; fi
+
+    # 8.1 LM lines, prompts and token list from the tokens (and transcripts)
+    lm_data_opts=(--output_dir "$lm_data" --text_prefix "$lm_text_prefix"
+        --num_prompts "$lm_num_prompts" --prompt_frames "$lm_prompt_frames")
+    fp_files=()
+    for pair in "train:${train_set}" "valid:${valid_set}" "prompt:${lm_prompt_set}"; do
+        part=${pair%%:*}
+        dset=${pair#*:}
+        tok=${dumpdir}/tokens/${dset}
+        [ -f "${tok}/.done" ] && [ -s "${tok}/text" ] ||
+            die "Stage 8: no tokens of '${dset}' in ${tok} (run stage 6 with ${dset} among the sets)"
+        lm_data_opts+=("--${part}_tokens" "$tok")
+        fp_files+=("${tok}/text")
+        if "$lm_text_prefix"; then
+            [ -s "${datadir}/${dset}/text" ] ||
+                die "Stage 8: --lm_text_prefix true needs transcripts ${datadir}/${dset}/text (utt transcript)"
+            lm_data_opts+=("--${part}_text" "${datadir}/${dset}/text")
+            fp_files+=("${datadir}/${dset}/text")
+        fi
+    done
+    marker=${lm_data}/.done
+    fp=$(fingerprint "${fp_files[@]}" -- "sets=${train_set},${valid_set},${lm_prompt_set} ${lm_data_opts[*]}")
+    if [ "$(stage_state "$marker" "$fp")" = done ]; then
+        log "Stage 8: LM data in ${lm_data} is up to date; skipping"
+    else
+        rm -rf "$lm_data"
+        mkdir -p "$lm_data"
+        log "Stage 8: LM data (text prefix: ${lm_text_prefix}) from ${dumpdir}/tokens/{${train_set},${valid_set},${lm_prompt_set}} -> ${lm_data}"
+        "$python" -m espnet_snac.bin.lm_data "${lm_data_opts[@]}" > "${lm_data}/lm_data.log" 2>&1 ||
+            { cat "${lm_data}/lm_data.log" >&2; die "Stage 8: writing the LM data failed (log: ${lm_data}/lm_data.log)"; }
+        while read -r line; do log "Stage 8: ${line}"; done < "${lm_data}/lm_data.log"
+        echo "$fp" > "$marker"
+    fi
+
+    # 8.2 statistics: ESPnet's shape files of the LM lines
+    lm_task_opts=(--use_preprocessor true --token_type word --token_list "${lm_data}/token_list"
+        --train_data_path_and_name_and_type "${lm_data}/train/text,text,text"
+        --valid_data_path_and_name_and_type "${lm_data}/valid/text,text,text")
+    marker=${lm_stats}/.done
+    # On the training lines only: other prompts (8.1 redone) need no new statistics or training.
+    fp=$(fingerprint "${lm_data}/train/text" "${lm_data}/valid/text" "${lm_data}/token_list")
+    if [ "$(stage_state "$marker" "$fp")" = done ]; then
+        log "Stage 8: LM statistics in ${lm_stats} are up to date; skipping"
+    else
+        rm -rf "$lm_stats"
+        mkdir -p "$lm_stats"
+        log "Stage 8: LM statistics (lm_train --collect_stats true) -> ${lm_stats} (log: ${lm_stats}/stats.log)"
+        # shellcheck disable=SC2086
+        run_jobs 1 "${lm_stats}/stats.log" \
+            "$python" -m espnet2.bin.lm_train --collect_stats true --config "$lm_config" "${lm_task_opts[@]}" \
+                --train_shape_file "${lm_data}/train/text" --valid_shape_file "${lm_data}/valid/text" \
+                --output_dir "$lm_stats" --ngpu 0 ${lm_args} || die "Stage 8: LM statistics failed"
+        for part in train valid; do
+            [ "$(count_lines "${lm_stats}/${part}/text_shape")" -eq "$(count_lines "${lm_data}/${part}/text")" ] ||
+                die "Stage 8: ${lm_stats}/${part}/text_shape does not cover ${lm_data}/${part}/text"
+        done
+        echo "$fp" > "$marker"
+    fi
+
+    # 8.3 training (resumable, like stage 4)
+    marker=${lm_exp}/.done_train
+    fp=$(fingerprint "$lm_config" "${lm_stats}/.done" "${lm_data}/token_list" -- "lm_args=${lm_args} ngpu=${ngpu}")
+    state=$(stage_state "$marker" "$fp")
+    if [ "$state" = done ]; then
+        log "Stage 8: LM training in ${lm_exp} already finished; skipping"
+    else
+        mkdir -p "$lm_exp"
+        [ "$state" = stale ] && log "Stage 8: LM config, data or options changed since the last training; continuing it"
+        [ -f "${lm_exp}/checkpoint.pth" ] && log "Stage 8: resuming the LM from ${lm_exp}/checkpoint.pth"
+        [ -f "${lm_exp}/train.log" ] && mv "${lm_exp}/train.log" "${lm_exp}/train.$(date +%s).log"
+        log "Stage 8: training the LM ${lm_exp} with ${lm_config} (espnet2.bin.lm_train; log: ${lm_exp}/train.log)"
+        start=$(date +%s)
+        # shellcheck disable=SC2086
+        num_nodes=1 run_train "${lm_exp}/train.log" \
+            "$python" -m espnet2.bin.lm_train --config "$lm_config" "${lm_task_opts[@]}" \
+                --train_shape_file "${lm_stats}/train/text_shape" \
+                --valid_shape_file "${lm_stats}/valid/text_shape" \
+                --resume true --output_dir "$lm_exp" --ngpu "$_ngpu" ${lm_args} ||
+            { tail -n 30 "${lm_exp}/train.log" >&2; die "Stage 8: LM training failed (log: ${lm_exp}/train.log)"; }
+        [ -e "${lm_exp}/latest.pth" ] || die "Stage 8: LM training ended without a model (${lm_exp}/latest.pth)"
+        # ESPnet logs "Nepoch results: [train] ..., loss=X, ..." once per epoch.
+        losses=$(sed -n 's/.*epoch results: \[train\][^[]* loss=\([^,]*\),.*/\1/p' "${lm_exp}/train.log" | tr '\n' ' ')
+        log "Stage 8: LM trained in $(( $(date +%s) - start )) s; train loss per epoch: ${losses:-none logged}"
+        echo "$fp" > "$marker"
+    fi
+
+    # 8.4 continuation of the held-out prompts, slot check, SNAC decoding
+    lm_model=
+    for m in valid.loss.best.pth valid.acc.best.pth latest.pth; do
+        if [ -e "${lm_exp}/${m}" ]; then lm_model=${lm_exp}/${m}; break; fi
+    done
+    [ -n "$lm_model" ] || die "Stage 8: no LM model in ${lm_exp}"
+    [ -d "$codec_exp" ] || die "Stage 8: decoding needs the codec experiment ${codec_exp} (give the --train_config/--tag of stages 4-6)"
+    codec_model=$(resolve_model)
+    gen_dir=${lm_exp}/generate_$(basename "$lm_model" .pth)_${lm_prompt_set}
+    maxlen=$((lm_gen_frames * 7))
+    marker=${gen_dir}/.done
+    fp=$(fingerprint "${lm_data}/prompt/text" -- "lm=$(file_identity "$lm_model") codec=$(file_identity "$codec_model")" \
+        "maxlen=${maxlen} args=${lm_inference_args}")
+    if [ "$(stage_state "$marker" "$fp")" = done ]; then
+        log "Stage 8: ${gen_dir} is up to date; skipping"
+    else
+        rm -rf "$gen_dir"
+        mkdir -p "${gen_dir}/log"
+        log "Stage 8: ${lm_num_prompts} prompt(s) of ${lm_prompt_set} (${lm_prompt_frames} frames each) +" \
+            "${lm_gen_frames} generated frames with ${lm_model} (log: ${gen_dir}/log/inference.log)"
+        # minlen = maxlen - 1: exactly maxlen new ids (lm_inference writes nothing when minlen >= maxlen).
+        # shellcheck disable=SC2086
+        run_jobs 1 "${gen_dir}/log/inference.log" \
+            "$python" -m espnet2.bin.lm_inference --ngpu "$_ngpu" \
+                --lm_train_config "${lm_exp}/config.yaml" --lm_file "$lm_model" \
+                --data_path_and_name_and_type "${lm_data}/prompt/text,text,text" \
+                --maxlen "$maxlen" --minlen $((maxlen - 1)) --beam_size 1 --nbest 1 \
+                --output_dir "${gen_dir}/lm_inference" ${lm_inference_args} || die "Stage 8: lm_inference failed"
+        log "Stage 8: slot check and SNAC decoding with ${codec_model} (log: ${gen_dir}/log/decode.log)"
+        run_jobs 1 "${gen_dir}/log/decode.log" \
+            "$python" -m espnet_snac.bin.lm_decode \
+                --token_int "${gen_dir}/lm_inference/1best_recog/token_int" \
+                --prompts "${lm_data}/prompt/text" --token_list "${lm_data}/token_list" \
+                --model "$codec_model" --expected_tokens "$maxlen" --device "$device" \
+                --output_dir "$gen_dir" || die "Stage 8: decoding the continuations failed"
+        grep -E 'frames generated|slot check' "${gen_dir}/log/decode.log" | sed 's/^.*lm_decode: //' |
+            while read -r line; do log "Stage 8: ${line}"; done
+        echo "$fp" > "$marker"
+    fi
+    log "Stage 8: LM ${lm_exp}; audio: ${gen_dir}/wav (prompt + continuation), ${gen_dir}/continuation;" \
+        "counts: ${gen_dir}/slot_check.json"
 fi
 
 log "Finished stages ${stage}-${stop_stage}"

@@ -27,7 +27,8 @@ import torch
 
 from espnet_snac.tokens.batching import BatchEncoder
 from espnet_snac.tokens.inputs import AudioItems, read_inputs
-from espnet_snac.tokens.layout import ORPHEUS_BASE
+from espnet_snac.tokens.hf_dataset import read_transcripts
+from espnet_snac.tokens.layout import FRAME_RULES, ORPHEUS_BASE
 from espnet_snac.tokens.merge import FORMATS, merge_shards, write_summary
 from espnet_snac.tokens.shards import ShardWriter, read_shards, shard_dir
 
@@ -44,7 +45,13 @@ def get_parser() -> argparse.ArgumentParser:
     src.add_argument("--data_dir", type=Path, help="Kaldi data directory (wav.scp and optional segments)")
     p.add_argument("--output_dir", type=Path, required=True)
     p.add_argument("--formats", default="ark,text",
-                   help=f"comma-separated subset of {','.join(FORMATS)} (ark is always written)")
+                   help=f"comma-separated subset of {','.join(FORMATS)} (ark is always written); codec: "
+                        "ESPnet speech-LM ark/scp of flat ids + codec_token_list; datasets: save_to_disk "
+                        "rows for Orpheus-style fine-tuning (with transcripts from <data_dir>/text)")
+    p.add_argument("--frames", default="ceil", choices=list(FRAME_RULES),
+                   help="frames per utterance in every file: ceil(T/2048) (all codes the encoder emits) or "
+                        "floor(T/2048) (whole frames only, as ESPnet's codec dump); shards keep all, so "
+                        "--merge_only can switch")
     p.add_argument("--orpheus_base", type=int, default=ORPHEUS_BASE,
                    help="id of the first audio token in the LM vocabulary for format 'orpheus'")
     p.add_argument("--bpe_nunits", type=int, default=0,
@@ -267,13 +274,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.batch_size <= 0:
         args.batch_size = 16 if args.device == "cuda" else 1
 
+    transcripts = None
     if args.data_dir is not None:
         wav_scp = args.data_dir / "wav.scp"
         segments = args.data_dir / "segments"
         items = read_inputs(wav_scp, segments if segments.is_file() else None)
+        if "datasets" in formats and (args.data_dir / "text").is_file():
+            transcripts = read_transcripts(args.data_dir / "text")
     else:
         items = read_inputs(args.wav_scp)
     keys = [it.utt for it in items]
+    if transcripts is not None:
+        lacking = [k for k in keys if k not in transcripts]
+        if lacking:  # checked before encoding, not after hours of it
+            raise SystemExit(f"{args.data_dir / 'text'}: no transcript for {len(lacking)} utterance(s) "
+                             f"(e.g. {' '.join(lacking[:5])}); fix the data directory or leave out format datasets")
 
     dist = Distributed()
     device = _select_device(args.device, dist.local_rank)
@@ -292,10 +307,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if dist.rank == 0:
         try:
             result = merge_shards(args.output_dir, keys, formats=formats, orpheus_base=args.orpheus_base,
-                                  bpe_nunits=args.bpe_nunits, bpe_model=args.bpe_model)
+                                  bpe_nunits=args.bpe_nunits, bpe_model=args.bpe_model, frames=args.frames,
+                                  frame_samples=model.hop_length * model.vq_strides[0], transcripts=transcripts)
         except (ValueError, FileNotFoundError) as exc:
             raise SystemExit(f"merge failed: {exc}") from exc
         summary = summarize(result, timings, len(keys), model.sampling_rate, int(model.pad_multiple))
+        summary["frame_rule"] = args.frames
         write_summary(args.output_dir, summary)
         print_summary(summary)
         if result.missing:

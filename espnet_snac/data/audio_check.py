@@ -18,6 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from espnet_snac.audio_io import AudioError, read_audio, resample, to_mono
+from espnet_snac.data.bandwidth import effective_bandwidth
 from espnet_snac.data.items import Rejected, SourceItem
 
 
@@ -44,6 +45,7 @@ class Converted:
     input_fs: int
     input_channels: int
     gain: float = 1.0  # < 1 when the signal was scaled down to avoid clipping
+    bandwidth_hz: Optional[float] = None  # effective bandwidth at the input rate, when measured
 
 
 def _load_bytes(payload: str) -> bytes:
@@ -132,8 +134,9 @@ def decode_item(item: SourceItem) -> Tuple[np.ndarray, int]:
     raise Rejected("missing_audio", f"{item.origin}: unusable audio value of type {type(payload).__name__}")
 
 
-def convert(item: SourceItem, limits: AudioLimits) -> Converted:
-    """Decode, check and convert one item. Raises ``Rejected``; returns ``Converted``."""
+def convert(item: SourceItem, limits: AudioLimits, measure_bandwidth: bool = False) -> Converted:
+    """Decode, check and convert one item. Raises ``Rejected``; returns ``Converted`` (with the
+    effective bandwidth at the input rate when ``measure_bandwidth``)."""
     samples, sr = decode_item(item)
     if not limits.min_input_fs <= sr <= limits.max_input_fs:
         raise Rejected(
@@ -168,4 +171,5 @@ def convert(item: SourceItem, limits: AudioLimits) -> Converted:
     if peak > 1.0:  # 16-bit writing would clip: scale the utterance just below full scale
         gain = 0.999 / peak
         out = (out * gain).astype(np.float32)
-    return Converted(samples=out, input_fs=sr, input_channels=channels, gain=gain)
+    bandwidth = effective_bandwidth(mono, sr) if measure_bandwidth else None
+    return Converted(samples=out, input_fs=sr, input_channels=channels, gain=gain, bandwidth_hz=bandwidth)

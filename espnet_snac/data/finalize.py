@@ -11,8 +11,9 @@ import os
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
+from espnet_snac.data.bandwidth import summarize as summarize_bandwidth
 from espnet_snac.data.kaldi_files import atomic_write_lines, atomic_write_text, write_kaldi_dir
 from espnet_snac.data.shard_store import ShardResult, ShardStore
 from espnet_snac.data.utt_ids import assign_subset
@@ -52,6 +53,7 @@ class Summary:
     reasons: Dict[str, int] = field(default_factory=dict)
     subsets: Dict[str, Dict[str, float]] = field(default_factory=dict)  # name -> {utts, hours}
     capped: bool = False
+    bandwidth: Dict[str, Any] = field(default_factory=dict)  # see espnet_snac.data.bandwidth.summarize
 
     def line(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
@@ -59,7 +61,8 @@ class Summary:
         return (f"prepare_data: kept {self.kept} ({self.hours:.3f} h), rejected {self.rejected}"
                 f"{' (' + reasons + ')' if reasons else ''}, read {self.read}"
                 f"{' [cap reached]' if self.capped else ''} -> {self.output_dir}"
-                f"{' [' + subsets + ']' if subsets and len(self.subsets) > 1 else ''}")
+                f"{' [' + subsets + ']' if subsets and len(self.subsets) > 1 else ''}"
+                f"{' [narrow-band audio: see summary.json]' if (self.bandwidth or {}).get('warning') else ''}")
 
 
 def finalize(store: ShardStore, results: Sequence[ShardResult], opts: FinalizeOptions, fs: int = 0) -> Summary:
@@ -106,10 +109,16 @@ def finalize(store: ShardStore, results: Sequence[ShardResult], opts: FinalizeOp
     atomic_write_lines(os.path.join(store.output_dir, "rejected.tsv"),
                        [("utt_id", "origin", "reason")] + rejected, sep="\t")
     reasons = Counter(reason.split(" ", 1)[0] for _, _, reason in rejected)
+    rates: Counter = Counter()
+    for result in results:
+        rates.update(result.input_rates)
+    bandwidth = summarize_bandwidth([b for r in results for b in r.bandwidths], rates, fs)
+    if bandwidth["warning"]:
+        print(f"prepare_data: warning: {store.output_dir}: {bandwidth['warning']}", file=sys.stderr)
     summary = Summary(
         output_dir=store.output_dir, read=read, kept=len(kept), rejected=len(rejected),
         hours=sum(r[3] for r in kept) / fs / 3600.0, reasons=dict(sorted(reasons.items())), subsets=subsets,
-        capped=any(r.capped for r in results),
+        capped=any(r.capped for r in results), bandwidth=bandwidth,
     )
     atomic_write_text(os.path.join(store.output_dir, "summary.json"), json.dumps(asdict(summary), indent=1) + "\n")
     return summary

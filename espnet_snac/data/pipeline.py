@@ -106,7 +106,8 @@ def process_shard(source: Source, index: int, opts: PrepOptions, budget: Budget)
                 if utt in seen:
                     raise Rejected("duplicate_id", f"{item.origin}: id {utt} already used in this shard")
                 try:
-                    converted = convert(item, opts.limits)
+                    # The bandwidth of a sample: the first items of each shard, then every 25th.
+                    converted = convert(item, opts.limits, measure_bandwidth=result.kept < 8 or result.kept % 25 == 0)
                 except (Rejected, KeyboardInterrupt, MemoryError):
                     raise
                 except Exception as exc:  # one odd item must not stop a long run; it is reported
@@ -122,6 +123,10 @@ def process_shard(source: Source, index: int, opts: PrepOptions, budget: Budget)
             result.kept += 1
             result.samples += num
             result.kept_rows.append((utt, sanitize(item.speaker) if item.speaker else "", ref, num))
+            rate = str(converted.input_fs)
+            result.input_rates[rate] = result.input_rates.get(rate, 0) + 1
+            if converted.bandwidth_hz is not None:
+                result.bandwidths.append(round(converted.bandwidth_hz, 1))
             budget.settle(True, num / opts.limits.fs)
     finally:
         writer.close()

@@ -11,8 +11,11 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List
 
-PRESET_KEYS = {"name", "description", "source", "splits", "audio_column", "speaker_column", "id_column",
-               "streaming", "dev_fraction", "test_fraction", "split_by"}
+PRESET_TYPES = {"name": str, "description": str, "source": str, "splits": dict, "audio_column": str,
+                "speaker_column": str, "id_column": str, "streaming": bool, "dev_fraction": (int, float),
+                "test_fraction": (int, float), "split_by": str}
+PRESET_KEYS = set(PRESET_TYPES)
+_TYPE_NAMES = {str: "a string", dict: "a mapping", bool: "true or false", (int, float): "a number"}
 
 
 def preset_dirs() -> List[Path]:
@@ -38,6 +41,16 @@ def load_preset(name_or_path: str) -> Dict[str, Any]:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)} (allowed: {sorted(PRESET_KEYS)})")
     if "source" not in preset:
         raise ValueError(f"{path}: 'source' is required")
+    for key, value in preset.items():
+        want = PRESET_TYPES[key]
+        if value is not None and key != "splits" and (isinstance(value, bool) != (want is bool)
+                                                      or not isinstance(value, want)):
+            raise ValueError(f"{path}: '{key}' must be {_TYPE_NAMES[want]}, got {type(value).__name__} {value!r}")
+    for key in ("dev_fraction", "test_fraction"):
+        if preset.get(key) is not None and not 0.0 <= preset[key] < 1.0:
+            raise ValueError(f"{path}: '{key}' must be in [0, 1), got {preset[key]}")
+    if preset.get("split_by") not in (None, "speaker", "utterance"):
+        raise ValueError(f"{path}: 'split_by' must be speaker or utterance, got {preset['split_by']!r}")
     splits = preset.get("splits") or {}
     if not isinstance(splits, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in splits.items()):
         raise ValueError(f"{path}: 'splits' must map output names to source split names")

@@ -28,6 +28,8 @@ class ShardResult:
     rejected: int = 0
     samples: int = 0
     capped: bool = False  # stopped early (or never started) because --max_hours/--max_utts was reached
+    input_rates: Dict[str, int] = field(default_factory=dict)  # kept utterances per input rate (Hz)
+    bandwidths: List[float] = field(default_factory=list)  # effective bandwidths (Hz) of a sample
     kept_rows: List[Tuple[str, str, str, int]] = field(default_factory=list)
     rejected_rows: List[Tuple[str, str, str]] = field(default_factory=list)
 

@@ -7,7 +7,9 @@ Modules:
   alone gives) and overlapping windows for long recordings.
 - ``shards``: per-rank ark/scp shards that make extraction resumable.
 - ``merge``: merging shards into one ``codes.scp`` and writing ``text``, ``token_list``, Orpheus ids,
-  per-level ``npy`` arrays, BPE text and the codebook statistics.
+  per-level ``npy`` arrays, ESPnet speech-LM ``codec`` files, BPE text and the codebook statistics,
+  under either frame rule (``ceil`` or ESPnet's ``floor``).
+- ``hf_dataset``: the ``datasets`` (``save_to_disk``) export for Orpheus-style fine-tuning.
 - ``stats``: codebook usage and perplexity per level.
 - ``bpe``: sentencepiece over unit sequences (one character per token id, as ESPnet's discrete-unit
   recipes do).

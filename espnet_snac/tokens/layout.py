@@ -4,9 +4,15 @@ A frame ``(7,)`` holds raw codes ``0..4095`` in the order of :data:`espnet_snac.
 Flattened frame-major, position ``k`` of every frame is shifted by ``k * codebook_size`` so that the
 seven positions use disjoint id ranges: ids ``0 .. 7 * 4096 - 1``. Orpheus-style LMs add a base
 offset (128266 in Orpheus) to these ids.
+
+ESPnet's codec dump (``dump_codec.py``, espnet 202506) writes the same flat ids with a
+``codec_token_list`` naming id ``k * 4096 + c`` ``<codec_layer{k}_code{c}>``; here "layer" ``k`` is
+the frame position ``k``. It keeps ``floor(T / 2048)`` frames where this package keeps
+``ceil(T / 2048)`` (see :func:`frames_to_keep`).
 """
 from __future__ import annotations
 
+import math
 from typing import List, Union
 
 import numpy as np
@@ -65,3 +71,21 @@ def flat_to_frames(flat: ArrayLike, base: int = 0, codebook_size: int = CODEBOOK
 def token_names(codebook_size: int = CODEBOOK_SIZE) -> List[str]:
     """Names of the flattened ids in id order: ``snac_p{position}_{code}`` (for ``token_list``)."""
     return [f"snac_p{k}_{c}" for k in range(FRAME_SIZE) for c in range(codebook_size)]
+
+
+def codec_token_names(codebook_size: int = CODEBOOK_SIZE) -> List[str]:
+    """ESPnet's ``codec_token_list`` names in id order: ``<codec_layer{position}_code{code}>``."""
+    return [f"<codec_layer{k}_code{c}>" for k in range(FRAME_SIZE) for c in range(codebook_size)]
+
+
+FRAME_RULES = ("ceil", "floor")
+
+
+def frames_to_keep(num_samples: int, frame_samples: int, rule: str = "ceil") -> int:
+    """Frames kept for ``num_samples`` input samples: ``ceil`` (every frame the encoder emits; the
+    last one covers zero padding) or ``floor`` (whole frames only, as ESPnet's codec dump)."""
+    if rule == "ceil":
+        return math.ceil(num_samples / frame_samples)
+    if rule == "floor":
+        return num_samples // frame_samples
+    raise ValueError(f"unknown frame rule {rule!r}; choose from {FRAME_RULES}")

@@ -5,13 +5,22 @@ at any time (``--merge_only``) and always reflects exactly what the shards hold.
 
 Files written to ``output_dir`` (``<F>`` = frames of the utterance):
 
-- ``codes.scp``: ``utt <shard ark>:<offset>``, sorted; int32 vectors of ``F * 7`` raw codes
+- ``codes.scp``: ``utt <shard ark>:<offset>``, sorted; int32 vectors of ``F * 7`` raw codes (with
+  ``frames="floor"``, utterances that lose their last frame point into ``codes.ark`` instead)
 - ``utt2num_frames``, ``utt2num_samples``; ``rejected.tsv`` (``utt<TAB>reason``)
 - ``text`` + ``token_list`` (format ``text``): flattened ids ``k * 4096 + code`` (ESPnet ``text_int``)
 - ``text_orpheus`` (format ``orpheus``): the same ids plus the Orpheus base offset
 - ``levels/L<i>/<utt>.npy`` + ``level<i>.scp`` (format ``npy``): int32 codes per level
+- ``codec.scp`` + ``codec.ark`` + ``codec_token_list`` (format ``codec``): int32 vectors of the flat
+  ids ``k * 4096 + code``, as ESPnet's codec dump writes for the speech-LM ``codec`` modality
+- ``datasets/`` (format ``datasets``): ``datasets.save_to_disk`` rows (see ``hf_dataset``)
 - ``text_bpe`` + ``bpe_token_list`` + ``bpe/`` (with ``bpe_nunits`` or ``bpe_model``)
 - ``stats.json``: counts, duration and per-level codebook usage and perplexity
+
+``frames`` picks the frames of every file: ``ceil`` keeps all ``ceil(T / 2048)`` frames the encoder
+emits, ``floor`` the ``floor(T / 2048)`` whole frames (ESPnet's codec dump); the shards always hold
+all of them, so either can be merged from the same shards. Under ``floor`` an utterance shorter than
+one frame is rejected (``rejected.tsv``), not written empty.
 """
 from __future__ import annotations
 
@@ -25,14 +34,17 @@ from typing import Dict, List, Optional, Sequence
 import kaldiio
 import numpy as np
 import torch
+from kaldiio.matio import write_array
 
 from espnet_snac.frames import FRAME_SIZE, frames_to_codes
 from espnet_snac.tokens.bpe import UnitBPE, train_bpe, units_to_chars
-from espnet_snac.tokens.layout import CODEBOOK_SIZE, frames_to_flat, token_names
+from espnet_snac.tokens.hf_dataset import write_dataset
+from espnet_snac.tokens.layout import (CODEBOOK_SIZE, FRAME_RULES, codec_token_names, frames_to_flat,
+                                       frames_to_keep, token_names)
 from espnet_snac.tokens.shards import read_shards
 from espnet_snac.tokens.stats import CodebookStats
 
-FORMATS = ("ark", "text", "orpheus", "npy")
+FORMATS = ("ark", "text", "orpheus", "npy", "codec", "datasets")
 
 
 @dataclass
@@ -66,6 +78,33 @@ class _AtomicText:
             self.tmp.unlink(missing_ok=True)
 
 
+class _AtomicArk:
+    """A Kaldi ark written to ``<name>.tmp`` and renamed on success; :meth:`write` returns the scp
+    value ``<path>:<offset>`` (the path as given, as the shards do)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.f = None
+
+    def __enter__(self) -> "_AtomicArk":
+        self.f = open(self.tmp, "wb")
+        return self
+
+    def write(self, utt: str, vector: np.ndarray) -> str:
+        self.f.write(f"{utt} ".encode("utf-8"))
+        offset = self.f.tell()
+        write_array(self.f, np.ascontiguousarray(vector, dtype=np.int32).reshape(-1))
+        return f"{self.path}:{offset}"
+
+    def __exit__(self, exc_type, *_):
+        self.f.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
 def _close_all(fd_cache: dict) -> None:
     for fd in fd_cache.values():
         fd.close()
@@ -81,25 +120,35 @@ def load_codes(value: str, fd_cache: Optional[dict] = None) -> np.ndarray:
 
 
 def merge_shards(output_dir: Path, keys: Optional[Sequence[str]] = None, formats: Sequence[str] = ("ark", "text"),
-                 orpheus_base: int = 128266, bpe_nunits: int = 0, bpe_model: Optional[Path] = None) -> MergeResult:
+                 orpheus_base: int = 128266, bpe_nunits: int = 0, bpe_model: Optional[Path] = None,
+                 frames: str = "ceil", frame_samples: int = 2048,
+                 transcripts: Optional[Dict[str, str]] = None) -> MergeResult:
     """Merge the shards of ``output_dir``. ``keys``: the input utterances (all committed ones when
-    None); committed utterances outside ``keys`` are left out of the merged files."""
+    None); committed utterances outside ``keys`` are left out of the merged files. ``frames``:
+    ``ceil`` or ``floor`` (``frame_samples`` input samples per frame). ``transcripts``: utterance ->
+    text for the ``datasets`` rows (every written utterance must have one)."""
     output_dir = Path(output_dir)
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown format(s) {sorted(unknown)}; choose from {list(FORMATS)}")
+    if frames not in FRAME_RULES:
+        raise ValueError(f"unknown frame rule {frames!r}; choose from {list(FRAME_RULES)}")
     state = read_shards(output_dir)
     keys = list(keys) if keys is not None else sorted(state.codes)
-    written = sorted(k for k in keys if k in state.codes)
+    committed = sorted(k for k in keys if k in state.codes)
     rejected = {k: state.rejected[k] for k in keys if k not in state.codes and k in state.rejected}
     missing = [k for k in keys if k not in state.codes and k not in state.rejected]
+    if transcripts is not None and "datasets" in formats:
+        lacking = [k for k in committed if k not in transcripts]
+        if lacking:
+            raise ValueError(f"no transcript for {len(lacking)} utterance(s) (e.g. {' '.join(lacking[:5])}); "
+                             "every utterance of the data directory needs a line in its text file")
 
-    with _AtomicText(output_dir / "rejected.tsv") as f:
-        for k in sorted(rejected):
-            f.write(f"{k}\t{rejected[k]}\n")
-
+    written: List[str] = []
+    values: Dict[str, str] = {}  # utt -> codes.scp value of the frames written
     stats = CodebookStats(CODEBOOK_SIZE)
     fd_cache: dict = {}
+    trimmed = 0
     with ExitStack() as stack:
         scp = stack.enter_context(_AtomicText(output_dir / "codes.scp"))
         n_frames = stack.enter_context(_AtomicText(output_dir / "utt2num_frames"))
@@ -110,36 +159,66 @@ def merge_shards(output_dir: Path, keys: Optional[Sequence[str]] = None, formats
                       if "npy" in formats else None)
         units = (stack.enter_context(_AtomicText(output_dir / "bpe" / "train_units.txt"))
                  if bpe_nunits > 0 else None)
+        codec_scp = stack.enter_context(_AtomicText(output_dir / "codec.scp")) if "codec" in formats else None
+        codec_ark = stack.enter_context(_AtomicArk(output_dir / "codec.ark")) if "codec" in formats else None
+        trimmed_ark = stack.enter_context(_AtomicArk(output_dir / "codes.ark")) if frames != "ceil" else None
         total_samples = 0
-        for utt in written:
+        for utt in committed:
             value = state.codes[utt]
-            frames = load_codes(value, fd_cache)
-            stats.add(frames)
-            total_samples += state.num_samples.get(utt, 0)
+            codes = load_codes(value, fd_cache)
+            num_samples = state.num_samples.get(utt, 0)
+            keep = frames_to_keep(num_samples, frame_samples, frames)
+            if keep == 0:
+                rejected[utt] = (f"shorter_than_one_frame ({num_samples} samples < {frame_samples}; "
+                                 f"--frames {frames} keeps whole frames only)")
+                continue
+            if keep < len(codes):
+                codes = codes[:keep]
+                value = trimmed_ark.write(utt, codes)
+                trimmed += 1
+            written.append(utt)
+            values[utt] = value
+            stats.add(codes)
+            total_samples += num_samples
             scp.write(f"{utt} {value}\n")
-            n_frames.write(f"{utt} {len(frames)}\n")
-            n_samples.write(f"{utt} {state.num_samples.get(utt, 0)}\n")
-            if text is not None or units is not None:
-                flat = frames_to_flat(frames)
-                if text is not None:
-                    text.write(utt + " " + " ".join(map(str, flat.tolist())) + "\n")
-                if units is not None:
-                    units.write(units_to_chars(flat) + "\n")
+            n_frames.write(f"{utt} {len(codes)}\n")
+            n_samples.write(f"{utt} {num_samples}\n")
+            flat = frames_to_flat(codes)
+            if text is not None:
+                text.write(utt + " " + " ".join(map(str, flat.tolist())) + "\n")
+            if units is not None:
+                units.write(units_to_chars(flat) + "\n")
+            if codec_scp is not None:
+                codec_scp.write(f"{utt} {codec_ark.write(utt, flat)}\n")
             if orpheus is not None:
-                ids = frames_to_flat(frames, base=orpheus_base)
+                ids = frames_to_flat(codes, base=orpheus_base)
                 orpheus.write(utt + " " + " ".join(map(str, ids.tolist())) + "\n")
             if level_scps is not None:
-                levels = frames_to_codes(torch.from_numpy(frames.astype(np.int64))[None])
+                levels = frames_to_codes(torch.from_numpy(codes.astype(np.int64))[None])
                 for i, (lv, lscp) in enumerate(zip(levels, level_scps)):
                     path = output_dir / "levels" / f"L{i}" / f"{utt}.npy"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     np.save(path, lv[0].numpy().astype(np.int32))
                     lscp.write(f"{utt} {path}\n")
     _close_all(fd_cache)
+    if trimmed_ark is not None and not trimmed:
+        (output_dir / "codes.ark").unlink()  # nothing points into it
+    elif trimmed_ark is None:
+        (output_dir / "codes.ark").unlink(missing_ok=True)  # left by an earlier floor merge
+
+    with _AtomicText(output_dir / "rejected.tsv") as f:
+        for k in sorted(rejected):
+            f.write(f"{k}\t{rejected[k]}\n")
 
     if "text" in formats:
         with _AtomicText(output_dir / "token_list") as f:
             f.write("\n".join(token_names(CODEBOOK_SIZE)) + "\n")
+    if "codec" in formats:
+        with _AtomicText(output_dir / "codec_token_list") as f:
+            f.write("\n".join(codec_token_names(CODEBOOK_SIZE)) + "\n")
+    if "datasets" in formats:
+        write_dataset(output_dir, [(u, values[u], state.num_samples.get(u, 0)) for u in written],
+                      orpheus_base, transcripts)
 
     model_path = None
     if bpe_nunits > 0 or bpe_model is not None:
@@ -150,7 +229,7 @@ def merge_shards(output_dir: Path, keys: Optional[Sequence[str]] = None, formats
         bpe = UnitBPE(model_path)
         with _AtomicText(output_dir / "text_bpe") as f:
             for utt in written:
-                pieces = bpe.encode(frames_to_flat(load_codes(state.codes[utt], fd_cache)).tolist())
+                pieces = bpe.encode(frames_to_flat(load_codes(values[utt], fd_cache)).tolist())
                 f.write(utt + " " + " ".join(pieces) + "\n")
         _close_all(fd_cache)
         with _AtomicText(output_dir / "bpe_token_list") as f:

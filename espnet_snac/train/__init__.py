@@ -1,1 +1,1 @@
-"""Training machinery: the GAN trainer, its task, checkpoints and numeric-fault handling."""
+"""Training machinery for SNAC: trainer, data pipeline, planning, monitoring."""

@@ -1,0 +1,80 @@
+"""Codebook health: code usage per level over a window of training steps and over each validation set.
+
+A batch of 16 x 0.85 s holds at most 160 / 320 / 640 codes per level, so per-batch usage cannot tell a
+healthy codebook of 4096 entries from a collapsed one. This tracker counts codes over ``window``
+training steps (default 1000: 160k / 320k / 640k codes per level at the paper batch) and over a whole
+validation pass, and reports for each level ``l``:
+
+* ``codes_used_window_<l>`` / ``codes_used_valid_<l>``: distinct codes picked at least once;
+* ``perplexity_window_<l>`` / ``perplexity_valid_<l>``: ``exp(entropy)`` of the code histogram;
+* ``codes_revived_<l>``: codes re-seeded at a dead-code check (only with the restart on).
+
+Histograms live on the device; the training hot path never synchronises with the host (one sync per
+window, per validation pass and per dead-code check).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from espnet_snac.train.code_histogram import CodeHistogram, code_counts
+from espnet_snac.train.dead_codes import DeadCodeRestart
+
+
+class CodebookHealth:
+    """Windowed and validation-set code statistics, plus the optional dead-code restart.
+
+    Call :meth:`observe` with every generator output, :meth:`step_end` once per training iteration and
+    :meth:`validation_start` / :meth:`validation_end` around each validation pass (on every rank).
+    """
+
+    def __init__(self, n_levels: int, codebook_size: int, window: int = 1000,
+                 restart: Optional[DeadCodeRestart] = None):
+        if window < 1:
+            raise ValueError(f"health_window must be >= 1 training steps, got {window}")
+        self.n_levels = n_levels
+        self.codebook_size = codebook_size
+        self.window = window
+        self.restart = restart
+        self.step = 0  # training iterations completed
+        self.train_counts = CodeHistogram(n_levels, codebook_size)
+        self.valid_counts = CodeHistogram(n_levels, codebook_size)
+        self.validating = False
+
+    @torch.no_grad()
+    def observe(self, codes: Sequence[torch.Tensor], latents: Sequence[torch.Tensor], training: bool) -> None:
+        """Count one batch's codes (``(B, T_l)`` per level) into the training window, or into the
+        validation set between :meth:`validation_start` and :meth:`validation_end`."""
+        if not training:
+            if self.validating:
+                self.valid_counts.add(codes)
+            return
+        if self.restart is None:
+            self.train_counts.add(codes)
+            return
+        batch = code_counts(codes, self.codebook_size)
+        self.train_counts.add_counts(batch)
+        self.restart.observe(batch, latents, self.step + 1)
+
+    def step_end(self, codebooks: Sequence[nn.Embedding]) -> Dict[str, float]:
+        """End of one training iteration: window statistics when a window completes, dead-code restart
+        when a check is due; ``{}`` on the other steps."""
+        self.step += 1
+        stats: Dict[str, float] = {}
+        device = codebooks[0].weight.device
+        if self.step % self.window == 0:
+            stats.update(self.train_counts.summary("window", device))
+        if self.restart is not None and self.step % self.restart.after == 0:
+            stats.update(self.restart.restart(self.step, codebooks))
+        return stats
+
+    def validation_start(self) -> None:
+        self.valid_counts.reset()
+        self.validating = True
+
+    def validation_end(self, device: torch.device) -> Dict[str, float]:
+        """Statistics of every code seen since :meth:`validation_start`."""
+        self.validating = False
+        return self.valid_counts.summary("valid", device)
