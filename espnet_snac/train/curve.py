@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import yaml
 
 from espnet_snac.train.curve_data import ChunkSampler, check_inputs, load_eval_set
 from espnet_snac.train.curve_report import final_line, write_csv, write_plot
@@ -55,10 +57,23 @@ def build_training(config: Path, device: str = "cpu", seed: Optional[int] = None
     config = Path(config)
     if not config.is_file():
         raise FileNotFoundError(f"{config}: no such config file (--config)")
-    cmd = ["--config", str(config), "--ngpu", "1" if device.startswith("cuda") else "0"]
-    if seed is not None:
-        cmd += ["--seed", str(seed)]
-    args = SNACGANCodecTask.get_parser().parse_args(cmd)
+    with open(config, encoding="utf-8") as f:
+        conf = yaml.safe_load(f) or {}
+    if not isinstance(conf, dict):
+        raise ValueError(f"{config}: expected a mapping of training options")
+    parser = SNACGANCodecTask.get_parser()
+    if "required" in conf:
+        # An experiment's config.yaml (ESPnet's dump of the run's namespace) also holds values that
+        # are not options (required, distributed, version, ...); a user's config is parsed strictly.
+        options = {a.dest for a in parser._actions} - {"config", "print_config"}
+        conf = {k: v for k, v in conf.items() if k in options}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as tmp:
+        yaml.safe_dump(conf, tmp)
+        tmp.flush()
+        cmd = ["--config", tmp.name, "--ngpu", "1" if device.startswith("cuda") else "0"]
+        if seed is not None:
+            cmd += ["--seed", str(seed)]
+        args = parser.parse_args(cmd)
     if args.iterator_type != "chunk" or not args.chunk_length:
         logging.warning(f"{config}: iterator_type is {args.iterator_type!r}; the curve uses chunks of "
                         f"chunk_length={args.chunk_length}")
