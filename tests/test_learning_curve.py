@@ -82,3 +82,44 @@ def test_bad_input_is_a_clear_error(corpus, tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert rc == 1 and culprit in err, err
     assert not (tmp_path / "o" / "curve.csv").exists()
+
+
+def test_results_table_scores_the_untrained_model(corpus, tmp_path):
+    """local/make_results.py --untrained: a second table, scored with the config's initial model."""
+    import importlib.util
+    import json
+
+    import torch
+    import yaml
+
+    from espnet_snac.train.curve import build_training
+
+    spec = importlib.util.spec_from_file_location("make_results", REPO / "local" / "make_results.py")
+    make_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_results)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    # an experiment's config.yaml is ESPnet's dump of the namespace (with non-option keys such as required)
+    conf = yaml.safe_load(TINY.read_text())
+    conf.update(required=["output_dir"], version="202511", distributed=False, config=str(TINY))
+    (exp / "config.yaml").write_text(yaml.safe_dump(conf))
+    torch.save(build_training(TINY).model.state_dict(), exp / "latest.pth")
+    scoring = tmp_path / "scoring"
+    scoring.mkdir()
+    (scoring / "results.json").write_text(json.dumps({"num_utts": 2, "num_failed": 0, "mel_distance": 1.5,
+                                                       "stft_distance": 1.0, "si_snr": 3.0, "pesq_wb": 2.5,
+                                                       "stoi": 0.9}))
+    _, eval_scp = corpus
+    rc = make_results.main(["--exp_dir", str(exp), "--model_file", str(exp / "latest.pth"),
+                            "--scoring_dir", f"test={scoring}", "--untrained", f"test={eval_scp}",
+                            "--output", str(exp / "RESULTS.md")])
+    assert rc == 0
+    text = (exp / "RESULTS.md").read_text()
+    tables = text.split("## The same sets with the untrained model (iteration 0)")
+    assert len(tables) == 2
+    assert "| test | 2 | 0 | 1.500 |" in tables[0]
+    row = next(line for line in tables[1].splitlines() if line.startswith("| test |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["test", "2", "0"]
+    mel, pesq = float(cells[3]), float(cells[6])
+    assert mel > 3.0 and 1.0 <= pesq < 1.5  # an untrained codec reconstructs nothing
