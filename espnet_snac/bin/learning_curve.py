@@ -43,6 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from espnet_snac.train.curve import run_curve
     from espnet_snac.train.curve_data import CurveDataError
+    from espnet_snac.train.nonfinite import NonFiniteTrainingError
 
     if args.threads is not None:
         if args.threads < 1:
@@ -58,6 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             device=args.device, max_eval_utts=args.max_eval_utts)
     except (CurveDataError, FileNotFoundError, ValueError) as e:
         print(f"learning_curve: {e}", file=sys.stderr)
+        return 1
+    except NonFiniteTrainingError as e:
+        print(f"learning_curve: {e} The evaluations so far are in {args.output_dir / 'curve.csv'}.", file=sys.stderr)
         return 1
     print(f"wrote {args.output_dir / 'curve.csv'} and {args.output_dir / 'curve.png'}", flush=True)
     print(line, flush=True)
