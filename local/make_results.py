@@ -6,9 +6,14 @@ the code layout of the trained model (as ESPnet's ``meta_info()``), which gives 
 ``sum over streams of log2(code_size) * fs / frame_shift`` bits/s (SNAC-24k: 7 x 12 bits per
 2048 samples = 0.98 kbps).
 
+With ``--untrained NAME=WAV_SCP`` it also scores, on the same sets, the model that the experiment's
+``config.yaml`` builds before any training step (same config and seed, as training starts; decoded in
+eval mode with decoder-noise seed 0) and writes it as a second table: what training added.
+
 Usage:
     python local/make_results.py --exp_dir exp/codec_x --model_file exp/codec_x/latest.pth \
-        --scoring_dir test=exp/codec_x/decode_latest/test/scoring --output exp/codec_x/RESULTS.md
+        --scoring_dir test=exp/codec_x/decode_latest/test/scoring --output exp/codec_x/RESULTS.md \
+        [--untrained test=dump/raw/test/wav.scp]
 """
 from __future__ import annotations
 
@@ -70,6 +75,39 @@ def _fmt(value, pattern: str) -> str:
     return pattern.format(value) if math.isfinite(value) else "nan"
 
 
+def score_untrained(config: Path, sets: Sequence[Tuple[str, Path]]) -> Dict[str, Dict]:
+    """``{set: {"num_utts", "num_failed", <metric>: mean}}`` of the untrained model on each wav.scp."""
+    import numpy as np
+    import torch
+
+    from espnet_snac.metrics import MetricError, compute_all
+    from espnet_snac.train.curve import NOISE_SEED, build_training
+    from espnet_snac.train.curve_data import load_eval_set
+
+    training = build_training(config)  # seeds and builds exactly as the training run started
+    generator = training.model.codec.generator.eval()
+    out: Dict[str, Dict] = {}
+    for name, wav_scp in sets:
+        utts = load_eval_set(wav_scp, training.sample_rate)
+        values: Dict[str, List[float]] = {key: [] for key, _, _ in METRICS}
+        failed = 0
+        for utt, x in utts.items():
+            with torch.no_grad():
+                codes = generator.encode(torch.from_numpy(x).view(1, 1, -1))
+                y = generator.decode(codes, length=x.size, noise_seed=NOISE_SEED).reshape(-1).numpy()
+            try:
+                scores = compute_all(x, y, training.sample_rate)
+            except MetricError as e:
+                print(f"make_results: untrained model, {name}/{utt}: {e}", file=sys.stderr)
+                failed += 1
+                continue
+            for key in values:
+                values[key].append(scores[key])
+        out[name] = {"num_utts": len(utts), "num_failed": failed,
+                     **{k: float(np.mean(v)) if v else None for k, v in values.items()}}
+    return out
+
+
 def _rel(path: Path, start: Path) -> str:
     return os.path.relpath(path, start)
 
@@ -79,6 +117,7 @@ def render(
     model_file: Path,
     meta: Dict,
     sets: Sequence[Tuple[str, Path]],
+    untrained: Optional[Dict[str, Dict]] = None,
 ) -> str:
     """The Markdown text of RESULTS.md."""
     from importlib.metadata import version
@@ -114,6 +153,21 @@ def render(
         cells += [_fmt(results.get(key), pattern) for key, _, pattern in METRICS]
         cells.append(f"{bps / 1000:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
+    if untrained:
+        lines += [
+            "",
+            "## The same sets with the untrained model (iteration 0)",
+            "",
+            "The model `config.yaml` builds before any training step (same seed); what training added is the",
+            "difference to the table above.",
+            "",
+            "| set | utts | failed | " + " | ".join(title for _, title, _ in METRICS) + " |",
+            "|---|---:|---:|" + "---:|" * len(METRICS),
+        ]
+        for name, results in untrained.items():
+            cells = [name, str(results["num_utts"]), str(results["num_failed"])]
+            cells += [_fmt(results.get(key), pattern) for key, _, pattern in METRICS]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Files", ""]
     for name, scoring_dir in sets:
         decode_dir = scoring_dir.parent
@@ -129,7 +183,7 @@ def render(
 def _parse_set(text: str) -> Tuple[str, Path]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=SCORING_DIR, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
     return name, Path(path)
 
 
@@ -140,15 +194,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--scoring_dir", type=_parse_set, action="append", required=True,
                         help="NAME=DIR with DIR/results.json; repeat per test set")
     parser.add_argument("--output", type=Path, required=True, help="the RESULTS.md to write")
+    parser.add_argument("--untrained", type=_parse_set, action="append", default=[],
+                        help="NAME=WAV_SCP: also score the untrained model (iteration 0) on this set; repeatable")
     args = parser.parse_args(argv)
 
     config = args.exp_dir / "config.yaml"
-    for path in [config, args.model_file] + [d / "results.json" for _, d in args.scoring_dir]:
+    for path in ([config, args.model_file] + [d / "results.json" for _, d in args.scoring_dir]
+                 + [scp for _, scp in args.untrained]):
         if not path.exists():
             print(f"make_results: {path} not found (run stages 4 and 5 first)", file=sys.stderr)
             return 1
     meta = codec_meta(args.model_file)
-    text = render(args.exp_dir, args.model_file, meta, args.scoring_dir)
+    try:
+        untrained = score_untrained(config, args.untrained) if args.untrained else None
+    except (OSError, ValueError) as e:  # unreadable audio or list, a config the task rejects
+        print(f"make_results: scoring the untrained model failed: {e}", file=sys.stderr)
+        return 1
+    text = render(args.exp_dir, args.model_file, meta, args.scoring_dir, untrained)
     tmp = args.output.with_suffix(".md.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(args.output)

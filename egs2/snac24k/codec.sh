@@ -40,6 +40,7 @@ init_param=              # fine-tune from this model (ESPnet --init_param syntax
 tag=                     # experiment name suffix (default: train_config file name)
 inference_model=         # checkpoint of the experiment for stages 5-7 (default: valid.mel_loss.best.pth, else latest.pth)
 plot_spectrograms=3      # spectrogram comparison images per test set
+score_untrained=true     # stage 5: also score the untrained model (iteration 0) on the test sets, in RESULTS.md
 cmd_backend=local        # local | slurm (settings in cmd.sh)
 python=python3           # Python interpreter
 workdir=.                # parent of data/, dump/ and exp/ unless given separately
@@ -119,6 +120,7 @@ for v in stage stop_stage ngpu num_nodes nj inference_nj fs plot_spectrograms; d
     [[ "${!v}" =~ ^[0-9]+$ ]] || die "--$v must be a non-negative integer, got '${!v}'"
 done
 [ "$nj" -ge 1 ] && [ "$inference_nj" -ge 1 ] || die "--nj and --inference_nj must be at least 1"
+case "$score_untrained" in true|false) ;; *) die "--score_untrained must be true or false, got '$score_untrained'" ;; esac
 case "$audio_format" in flac|ark) ;; *) die "--audio_format must be flac or ark, got '$audio_format'" ;; esac
 case "$cmd_backend" in local|slurm) ;; *) die "--cmd_backend must be local or slurm, got '$cmd_backend'" ;; esac
 if [ "$num_nodes" -gt 1 ] && [ "$cmd_backend" != slurm ]; then
@@ -458,7 +460,10 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     done
     if "$results_changed" || [ ! -s "${codec_exp}/RESULTS.md" ]; then
         set_args=()
-        for dset in $test_sets; do set_args+=(--scoring_dir "${dset}=${decode_dir}/${dset}/scoring"); done
+        for dset in $test_sets; do
+            set_args+=(--scoring_dir "${dset}=${decode_dir}/${dset}/scoring")
+            "$score_untrained" && set_args+=(--untrained "${dset}=${dumpdir}/raw/${dset}/wav.scp")
+        done
         "$python" local/make_results.py \
             --exp_dir "$codec_exp" \
             --model_file "$model_file" \
