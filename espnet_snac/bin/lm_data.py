@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from espnet_snac.atomic_files import atomic_write_text
 from espnet_snac.lm.lines import LMDataError, build_set, cut_prompt, read_token_text, read_transcripts, write_lines
 from espnet_snac.lm.vocab import build_token_list, text_units, write_token_list
 
@@ -106,9 +106,7 @@ def run(args: argparse.Namespace) -> dict:
             raise RuntimeError(f"{part}: {n_in} utterances in, but {stats['kept']} kept + {stats['rejected']} rejected")
         summary["sets"][part] = stats
     write_token_list(args.output_dir / "token_list", token_list)
-    tmp = args.output_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, args.output_dir / "summary.json")
+    atomic_write_text(args.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

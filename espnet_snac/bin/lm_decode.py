@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from espnet_snac.atomic_files import atomic_write_text
 from espnet_snac.lm.lines import LMDataError, read_keyed_lines
 from espnet_snac.lm.slots import check_slots, prompt_frames
 from espnet_snac.lm.vocab import GENERATE_SPEECH, read_token_list
@@ -142,9 +142,7 @@ def run(args: argparse.Namespace) -> dict:
         with open(args.output_dir / name, "w", encoding="utf-8") as f:
             f.writelines(line + "\n" for line in lines)
     result = {"totals": totals, "utterances": report}
-    tmp = args.output_dir / "slot_check.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, args.output_dir / "slot_check.json")
+    atomic_write_text(args.output_dir / "slot_check.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -6,12 +6,12 @@ A prompt is the same line cut after its first ``prompt_frames`` frames.
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
+from espnet_snac.atomic_files import atomic_open
 from espnet_snac.frames import FRAME_SIZE
 from espnet_snac.lm.vocab import DUMMY_FIRST, GENERATE_SPEECH, UNK, snac_name, text_units
 from espnet_snac.tokens.layout import CODEBOOK_SIZE
@@ -114,8 +114,6 @@ def write_lines(path: Path, lines: "OrderedDict[str, List[str]]") -> None:
     """``utt token token ...`` per line, renamed into place (mode follows the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w") as f:
         for utt, toks in lines.items():
             f.write(utt + " " + " ".join(toks) + "\n")
-    os.replace(tmp, path)

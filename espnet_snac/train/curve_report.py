@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
+
+from espnet_snac.atomic_files import atomic_open
 
 # Leading CSV columns, in this order; the training-loss means (train_*) follow, sorted.
 FIRST_COLUMNS = ("iteration", "minutes", "wall_minutes", "pesq", "stoi", "mel")
@@ -28,14 +29,12 @@ def _cell(v: Any) -> str:
 
 def write_csv(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
     """Rewritten after every evaluation (atomically), so a stopped run keeps its curve so far."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     cols = columns(rows)
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
+    with atomic_open(path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(cols)
         for row in rows:
             writer.writerow([_cell(row.get(c, "")) for c in cols])
-    os.replace(tmp, path)
 
 
 def write_plot(path: Path, rows: Sequence[Dict[str, Any]], title: str = "") -> None:
