@@ -23,6 +23,16 @@ def _write_failed(path: str, exc: Exception) -> OSError:
     return OSError(f"cannot write {path} ({exc}); is the disk full?")
 
 
+def _write_flac_blocks(path: str, fs: int, blocks: Iterator[np.ndarray]) -> None:
+    """A mono 16-bit FLAC file at ``path`` from ``(t,)`` blocks, never holding the whole signal."""
+    try:
+        with sf.SoundFile(path, "w", fs, 1, format="FLAC", subtype="PCM_16") as fh:
+            for block in blocks:
+                fh.write(block)
+    except sf.SoundFileError as exc:
+        raise _write_failed(path, exc) from exc
+
+
 class AudioShardWriter:
     """Writes the utterances of one shard under ``audio_dir``; ``write`` returns the wav.scp value."""
 
@@ -62,12 +72,7 @@ class FlacShardWriter(AudioShardWriter):
 
     def write_blocks(self, utt: str, blocks: Iterator[np.ndarray]) -> str:
         path = os.path.join(self.directory, f"{utt}.flac")
-        try:
-            with sf.SoundFile(path, "w", self.fs, 1, format="FLAC", subtype="PCM_16") as fh:
-                for block in blocks:
-                    fh.write(block)
-        except sf.SoundFileError as exc:
-            raise _write_failed(path, exc) from exc
+        _write_flac_blocks(path, self.fs, blocks)
         return path
 
 
@@ -99,12 +104,7 @@ class ArkShardWriter(AudioShardWriter):
         assert self._fh is not None, "writer closed"
         tmp = f"{self.path}.{utt}.flac.tmp"
         try:
-            try:
-                with sf.SoundFile(tmp, "w", self.fs, 1, format="FLAC", subtype="PCM_16") as out:
-                    for block in blocks:
-                        out.write(block)
-            except sf.SoundFileError as exc:
-                raise _write_failed(tmp, exc) from exc
+            _write_flac_blocks(tmp, self.fs, blocks)
             size = os.path.getsize(tmp)
             nbytes = max(1, (size.bit_length() + 7) // 8)
             self._fh.write(f"{utt} ".encode("utf-8"))
