@@ -41,6 +41,19 @@ def _keyed_lines(path: Union[str, Path], kind: str) -> Iterator[Tuple[int, str]]
         yield lineno, line
 
 
+def read_keyed(path: Union[str, Path], kind: str) -> Iterator[Tuple[int, str, str]]:
+    """``(line number, utt, rest of the line)`` of a Kaldi list with unique ids (``rest`` may be
+    ``""``); an unreadable file or a repeated id raises ``ScpError``."""
+    for lineno, line in _keyed_lines(path, kind):
+        parts = line.split(maxsplit=1)
+        yield lineno, parts[0], parts[1] if len(parts) > 1 else ""
+
+
+def read_text(path: Union[str, Path]) -> "OrderedDict[str, str]":
+    """Kaldi ``text``: ``utt transcript...``; an utterance without words maps to ``""``."""
+    return OrderedDict((utt, rest) for _, utt, rest in read_keyed(path, "text"))
+
+
 def read_scp(path: Union[str, Path]) -> "OrderedDict[str, str]":
     """Read ``utt_id value`` lines (value may contain spaces); keeps file order.
 

@@ -26,9 +26,9 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from espnet_snac.scp import read_text
 from espnet_snac.tokens.batching import BatchEncoder
 from espnet_snac.tokens.inputs import AudioItems, read_inputs
-from espnet_snac.tokens.hf_dataset import read_transcripts
 from espnet_snac.tokens.layout import FRAME_RULES, ORPHEUS_BASE
 from espnet_snac.tokens.merge import FORMATS, merge_shards, write_summary
 from espnet_snac.tokens.shards import ShardWriter, read_shards, shard_dir
@@ -284,7 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         segments = args.data_dir / "segments"
         items = read_inputs(wav_scp, segments if segments.is_file() else None)
         if "datasets" in formats and (args.data_dir / "text").is_file():
-            transcripts = read_transcripts(args.data_dir / "text")
+            transcripts = read_text(args.data_dir / "text")
     else:
         items = read_inputs(args.wav_scp)
     keys = [it.utt for it in items]

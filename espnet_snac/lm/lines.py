@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 from espnet_snac.atomic_files import atomic_open
 from espnet_snac.frames import FRAME_SIZE
 from espnet_snac.lm.vocab import DUMMY_FIRST, GENERATE_SPEECH, UNK, snac_name, text_units
+from espnet_snac.scp import ScpError, read_keyed
 from espnet_snac.tokens.layout import CODEBOOK_SIZE
 
 
@@ -21,21 +22,13 @@ class LMDataError(ValueError):
     """A malformed input file (the message names the file, the line and the reason)."""
 
 
-def read_keyed_lines(path: Path, kind: str) -> Iterable[Tuple[int, str, str]]:
-    """``(line number, utt, rest)`` of the non-blank lines of a Kaldi-style file; ids must be unique."""
+def read_keyed_lines(path: Path, kind: str) -> Iterator[Tuple[int, str, str]]:
+    """``(line number, utt, rest)`` of the non-blank lines of a Kaldi-style file; ids must be unique
+    (:func:`espnet_snac.scp.read_keyed`, its errors as :class:`LMDataError`)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise LMDataError(f"{path}: cannot read the {kind} ({exc.strerror or exc})") from exc
-    seen: Set[str] = set()
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        parts = line.split(maxsplit=1)
-        if not parts:
-            continue
-        if parts[0] in seen:
-            raise LMDataError(f"{path}:{lineno}: duplicate utterance id {parts[0]!r}")
-        seen.add(parts[0])
-        yield lineno, parts[0], parts[1] if len(parts) > 1 else ""
+        yield from read_keyed(path, kind)
+    except ScpError as exc:
+        raise LMDataError(str(exc)) from exc
 
 
 def read_transcripts(path: Path) -> "OrderedDict[str, str]":

@@ -20,19 +20,9 @@ import kaldiio
 import numpy as np
 
 from espnet_snac.frames import FRAME_SIZE
-from espnet_snac.scp import _keyed_lines
 from espnet_snac.tokens.layout import frames_to_flat
 
 DATASET_DIR = "datasets"
-
-
-def read_transcripts(path: Path) -> Dict[str, str]:
-    """Kaldi ``text`` (``utt transcript...``; an empty transcript is kept as ``""``)."""
-    out: Dict[str, str] = {}
-    for _, line in _keyed_lines(path, "text"):
-        utt, _, words = line.partition(" ")
-        out[utt] = words.strip()
-    return out
 
 
 def _features(with_text: bool):
