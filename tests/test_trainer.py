@@ -209,9 +209,6 @@ def test_trainer_skips_by_shared_decision():
 
 # ------------------------------------------------------------------------------------------------ hooks
 def test_training_hook_and_batch_augmentation_are_called(monkeypatch):
-    import sys
-    import types
-
     seen = []
 
     class BatchAugment:
@@ -222,9 +219,7 @@ def test_training_hook_and_batch_augmentation_are_called(monkeypatch):
             seen.append(audio.shape)
             return audio[: self.keep], {"augment_kept": float(self.keep)}
 
-    fake = types.ModuleType("espnet_snac.train.augment")
-    fake.BatchAugment = BatchAugment
-    monkeypatch.setitem(sys.modules, "espnet_snac.train.augment", fake)
+    monkeypatch.setattr("espnet_snac.train.step.BatchAugment", BatchAugment)
     model = tiny_model()
     model.codec.training_step_end = lambda: {"health_metric": 0.5}
     step = _step(model, optimizers(model), augment_conf={"keep": 1})
@@ -236,8 +231,6 @@ def test_training_hook_and_batch_augmentation_are_called(monkeypatch):
 
 
 def test_validation_hooks_and_fixed_samples(monkeypatch, tmp_path):
-    import sys
-    import types
     from types import SimpleNamespace
 
     from espnet2.train.distributed_utils import DistributedOption
@@ -246,9 +239,8 @@ def test_validation_hooks_and_fixed_samples(monkeypatch, tmp_path):
     from espnet_snac.train.trainer import SNACGANTrainer
 
     written = []
-    fake = types.ModuleType("espnet_snac.train.samples")
-    fake.write_validation_samples = lambda codec, audio, out, epoch, writer: written.append((audio, out, epoch))
-    monkeypatch.setitem(sys.modules, "espnet_snac.train.samples", fake)
+    monkeypatch.setattr("espnet_snac.train.trainer.write_validation_samples",
+                        lambda codec, audio, out, epoch, writer: written.append((audio, out, epoch)))
     model = tiny_model()
     calls = []
     model.codec.validation_start = lambda: calls.append("start")

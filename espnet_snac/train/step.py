@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from espnet2.schedulers.abs_scheduler import AbsBatchStepScheduler
 
+from espnet_snac.train.augment import BatchAugment
 from espnet_snac.train.nonfinite import NonFiniteGuard, clip_to_norm_, grad_norm
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -75,15 +76,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def build_augment(conf: Dict[str, Any]):
     """``espnet_snac.train.augment.BatchAugment(**conf)`` or None when ``conf`` is empty."""
-    if not conf:
-        return None
-    try:
-        from espnet_snac.train.augment import BatchAugment
-    except ModuleNotFoundError as e:
-        if e.name != "espnet_snac.train.augment":
-            raise
-        raise ValueError("augment_conf is set but this installation has no espnet_snac.train.augment") from e
-    return BatchAugment(**conf)
+    return BatchAugment(**conf) if conf else None
 
 
 class GANStep:

@@ -31,6 +31,7 @@ from espnet2.utils.types import float_or_none, int_or_none
 from espnet_snac.atomic_files import atomic_torch_save
 from espnet_snac.train import checkpointing as ckpt
 from espnet_snac.train.nonfinite import NonFiniteTrainingError
+from espnet_snac.train.samples import write_validation_samples
 from espnet_snac.train.step import PRECISIONS, GANStep, StepConfig, clear_cache, unwrap
 
 SAMPLES_DIR = "samples"
@@ -401,12 +402,6 @@ def _call(codec, name: str):
 
 
 def _write_samples(codec, audio, output_dir: Path, epoch: int, summary_writer) -> None:
-    try:
-        from espnet_snac.train.samples import write_validation_samples
-    except ModuleNotFoundError as e:
-        if e.name != "espnet_snac.train.samples":
-            raise
-        return
     try:
         write_validation_samples(codec, audio, output_dir, epoch, summary_writer)
     except Exception:  # noqa: BLE001 - listening aids must never stop a week-long run
