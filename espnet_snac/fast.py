@@ -2,20 +2,25 @@
 
 The plain modules spend most of their CPU time outside the convolutions: each Snake allocates five
 full-size temporaries (mul, sin, pow, mul, add), every weight-normalised conv recomputes its weight
-on every call, and residual sums allocate once more. This path walks the same modules and computes:
+on every call, residual sums allocate once more, and on CPU every fresh activation-sized tensor is
+fresh memory whose first write page-faults. This path walks the same modules and computes:
 
-- Snake with one temporary and in-place ``sin_ / square_ / mul_ / add_``: the same arithmetic in
+- Snake into a reused buffer with in-place ``sin_ / square_ / mul_ / add_``: the same arithmetic in
   the same order, hence bit-identical to :class:`espnet_snac.layers.Snake1d`;
+- outputs of the ops it owns in buffers reused within a block (:class:`Workspace`);
 - convolutions with weights folded once (``g * v / ||v||``, the value the parametrization yields) and
   cached until a parameter changes (in place, by an optimizer or a load, or by ``.to()``);
 - residual sums in place (``y += x``, bit-identical to ``x + y``).
 
-Encoder outputs, hence codes, are bit-identical to the plain modules. The decoder additionally runs
-kernel-1 convolutions as one GEMM and transposed convolutions as GEMMs over polyphase weights
-(the CPU conv kernels re-layout wide weights on every call; equal up to float summation order,
-checked to 1e-4 by the tests). Modules without a fast form here (NoiseBlock, LocalMHA) are called
-as usual, so their behaviour (e.g. the noise generator) is unchanged. Everything else - state-dict
-keys, checkpoints, training - stays on the plain path.
+Encoder outputs, hence codes, are bit-identical to the plain modules: its convolutions are the plain
+``F.conv1d`` calls, because any other algorithm rounds differently, and about one code in 10^4 sits
+within 1e-6 of a tie (README, "Speed"). The decoder additionally runs kernel-1 convolutions (also
+the NoiseBlocks' projection) as GEMMs, transposed convolutions as GEMMs over polyphase weights
+(the CPU conv kernels re-layout wide weights on every call) and, on CPU, the depthwise convolutions
+as multiply-adds over shifted views; equal up to float summation order, checked to 1e-4 by the
+tests. The NoiseBlocks draw their noise through the module (same generator, same order). LocalMHA
+is called as usual. Everything else - state-dict keys, checkpoints, training - stays on the plain
+path.
 """
 from __future__ import annotations
 
@@ -28,13 +33,44 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from espnet_snac.layers import (Decoder, DecoderBlock, Encoder, EncoderBlock, ResidualUnit, Snake1d)
+from espnet_snac.layers import (Decoder, DecoderBlock, Encoder, EncoderBlock, NoiseBlock, ResidualUnit,
+                                 Snake1d)
 
 
-def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """``x + sin(alpha x)^2 / (alpha + 1e-9)`` with a single temporary; bit-identical to Snake1d."""
-    y = torch.mul(alpha, x)
+def snake(x: torch.Tensor, alpha: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x + sin(alpha x)^2 / (alpha + 1e-9)`` with a single temporary (or into ``out``, which must
+    not overlap ``x``); bit-identical to Snake1d."""
+    y = torch.mul(alpha, x, out=out)
     return y.sin_().square_().mul_((alpha + 1e-9).reciprocal()).add_(x)
+
+
+def _storage_uses(t: torch.Tensor) -> int:
+    """References to ``t``'s storage (tensors and views holding it, plus one for the query)."""
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+class Workspace:
+    """Output buffers reused within one pass.
+
+    On CPU a fresh activation-sized tensor (tens of MB) is a fresh ``mmap``: its first write
+    page-faults every 4 KiB and costs several times the arithmetic written into it (a Snake on
+    64 x 240k samples: 23 ms into new memory, 5 ms into a reused buffer). :meth:`empty` hands out
+    views of buffers whose storage nothing else references, so a buffer is reused as soon as the
+    activation it held is dead, and never while it is alive.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: Dict[tuple, list] = {}
+        self._idle = _storage_uses(torch.empty(0))  # the count of a buffer only this object holds
+
+    def empty(self, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        bases = self._buffers.setdefault((tuple(shape), like.dtype, like.device), [])
+        for base in bases:
+            if _storage_uses(base) == self._idle:
+                return base.view(shape)
+        base = torch.empty(shape, dtype=like.dtype, device=like.device)
+        bases.append(base)
+        return base.view(shape)
 
 
 def _weight_sources(conv: nn.Module) -> Tuple[torch.Tensor, ...]:
@@ -93,38 +129,78 @@ def polyphase_weight(weight: torch.Tensor, stride: int) -> torch.Tensor:
     return w.permute(3, 1, 0, 2).reshape(stride * c_out, c_in, taps).contiguous()
 
 
-def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Kernel-1 conv as one GEMM ``(C_out, C_in) @ (B, C_in, T)``; skips the per-call weight reorder
     of the CPU conv kernels, which dominates for wide layers at low frame rates."""
-    y = torch.matmul(weight[:, :, 0], x)
+    y = torch.matmul(weight[:, :, 0], x, out=out)
     return y if bias is None else y.add_(bias[:, None])
 
 
-def conv_taps(x: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Tensor:
-    """Stride-1, ungrouped conv with a short kernel as one GEMM per tap (see :func:`pointwise`)."""
+def conv_taps(x: torch.Tensor, weight: torch.Tensor, pad: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Stride-1, ungrouped conv with a short kernel as one GEMM per tap (see :func:`pointwise`),
+    accumulated in place into ``out`` ``(B, C_out, T + 2 pad - K + 1)``."""
     taps = weight.shape[-1]
     x = F.pad(x, (pad, pad))
     length = x.shape[-1] - taps + 1
-    y = torch.matmul(weight[:, :, 0], x[..., :length])
+    y = torch.matmul(weight[:, :, 0], x[..., :length], out=out)
     for j in range(1, taps):
-        y += torch.matmul(weight[:, :, j], x[..., j: j + length])
+        y.baddbmm_(weight[:, :, j].expand(x.shape[0], -1, -1), x[..., j: j + length])
     return y
 
 
-def conv_transpose_polyphase(x: torch.Tensor, conv: nn.ConvTranspose1d, weight: torch.Tensor) -> torch.Tensor:
+def depthwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Depthwise "same" conv ``(C, 1, K)`` (odd K, padding ``dilation * (K - 1) / 2``) as one
+    multiply-add per tap over shifted views: no padded copy, and into a reused buffer (the CPU
+    depthwise kernel re-lays out its input and output on every call)."""
+    taps = weight.shape[-1]
+    half = taps // 2
+    w = weight[:, 0, :, None]  # (C, K, 1)
+    if out is None:
+        out = torch.empty_like(x)
+    if bias is None:
+        torch.mul(x, w[:, half], out=out)
+    else:
+        torch.addcmul(bias[:, None], x, w[:, half], out=out)
+    t = x.shape[-1]
+    for j in range(taps):
+        shift = (j - half) * dilation  # out[i] += w[j] * x[i + shift]
+        if j == half or abs(shift) >= t:
+            continue
+        if shift > 0:
+            out[..., : t - shift].addcmul_(x[..., shift:], w[:, j])
+        else:
+            out[..., -shift:].addcmul_(x[..., : t + shift], w[:, j])
+    return out
+
+
+def is_same_depthwise(conv: nn.Conv1d) -> bool:
+    """Stride-1 depthwise conv with an odd kernel and "same" padding (the residual units' first conv)."""
+    k, d = conv.kernel_size[0], conv.dilation[0]
+    return (conv.groups == conv.in_channels == conv.out_channels and conv.stride[0] == 1 and k % 2 == 1
+            and conv.padding[0] == d * (k - 1) // 2 and conv.padding_mode == "zeros")
+
+
+def conv_transpose_polyphase(x: torch.Tensor, conv: nn.ConvTranspose1d, weight: torch.Tensor,
+                             ws: Optional["Workspace"] = None) -> torch.Tensor:
     """``conv(x)`` computed as one stride-1 convolution plus an interleave; ``x (B, C_in, T)``."""
+    ws = ws or Workspace()
     stride, pad, out_pad = conv.stride[0], conv.padding[0], conv.output_padding[0]
     k = conv.kernel_size[0]
     b, _, t = x.shape
     taps = weight.shape[-1]
     c_out = weight.shape[0] // stride
-    y = conv_taps(x, weight, taps - 1)  # (B, s * C_out, T + M - 1)
-    y = y.reshape(b, stride, c_out, -1).permute(0, 2, 3, 1).reshape(b, c_out, -1)  # sample q*s + r
+    frames = t + taps - 1
+    y = conv_taps(x, weight, taps - 1, out=ws.empty((b, stride * c_out, frames), x))  # (B, s * C_out, T + M - 1)
+    full = ws.empty((b, c_out, frames * stride), x)
+    full.view(b, c_out, frames, stride).copy_(y.view(b, stride, c_out, frames).permute(0, 2, 3, 1))  # sample q*s + r
+    del y
     length = (t - 1) * stride - 2 * pad + k + out_pad
-    y = y[..., pad: pad + length]
+    full = full[..., pad: pad + length]
     if conv.bias is not None:
-        y = y + conv.bias[:, None]
-    return y
+        full.add_(conv.bias[:, None])
+    return full
 
 
 class FastPath:
@@ -145,13 +221,18 @@ class FastPath:
             lengths = [int(n) for n in (lengths.tolist() if torch.is_tensor(lengths) else lengths)]
         self.lengths = lengths
         self.total = total
+        self.ws = Workspace()
 
     # ------------------------------------------------------------------ layers
     def conv(self, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         if self.lengths is not None:
             self._zero_tail(x)
-        if not self.exact and conv.kernel_size[0] == 1 and conv.groups == 1:
-            return pointwise(x, self.weights.get(conv), conv.bias)
+        if not self.exact and conv.stride[0] == 1:
+            b, _, t = x.shape
+            if conv.kernel_size[0] == 1 and conv.groups == 1 and conv.padding[0] == 0:
+                return pointwise(x, self.weights.get(conv), conv.bias, out=self.ws.empty((b, conv.out_channels, t), x))
+            if is_same_depthwise(conv) and x.device.type == "cpu":  # cuDNN has a one-kernel depthwise conv
+                return depthwise(x, self.weights.get(conv), conv.bias, conv.dilation[0], out=self.ws.empty(x.shape, x))
         return F.conv1d(x, self.weights.get(conv), conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
     def _zero_tail(self, x: torch.Tensor) -> None:
@@ -167,32 +248,58 @@ class FastPath:
 
     def residual_unit(self, unit: ResidualUnit, x: torch.Tensor) -> torch.Tensor:
         snake1, conv1, snake2, conv2 = unit.block
-        y = self.conv(conv1, snake(x, snake1.alpha))
-        y = self.conv(conv2, snake(y, snake2.alpha))
+        y = self.conv(conv1, self.snake(x, snake1.alpha))
+        y = self.conv(conv2, self.snake(y, snake2.alpha))
         trim = (x.shape[-1] - y.shape[-1]) // 2
         if trim > 0:
             x = x[..., trim:-trim]
         return y.add_(x)
 
+    def snake(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        return snake(x, alpha, out=self.ws.empty(x.shape, x))
+
+    def noise_block(self, block: NoiseBlock, x: torch.Tensor) -> torch.Tensor:
+        """``x + noise * linear(x)`` with the module's own noise draw, accumulated in place."""
+        if not block.enabled:
+            return x
+        noise = block.draw(x)
+        if self.exact:
+            h = F.conv1d(x, self.weights.get(block.linear))
+        else:
+            h = pointwise(x, self.weights.get(block.linear), None, out=self.ws.empty(x.shape, x))
+        return h.mul_(noise).add_(x)
+
     # ------------------------------------------------------------------ walking
     def run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(module, (nn.Sequential, Encoder, Decoder, EncoderBlock, DecoderBlock)):
+        if isinstance(module, (EncoderBlock, DecoderBlock)):
+            # Each block works at its own resolution: its buffers go when it ends (memory stays
+            # about one resolution's working set, not the sum over blocks).
+            outer, self.ws = self.ws, Workspace()
+            try:
+                for child in module.children():
+                    x = self.run(child, x)
+                return x
+            finally:
+                self.ws = outer
+        if isinstance(module, (nn.Sequential, Encoder, Decoder)):
             for child in (module if isinstance(module, nn.Sequential) else module.children()):
                 x = self.run(child, x)
             return x
         if isinstance(module, ResidualUnit):
             return self.residual_unit(module, x)
         if isinstance(module, Snake1d):
-            return snake(x, module.alpha)
+            return self.snake(x, module.alpha)
+        if isinstance(module, NoiseBlock):
+            return self.noise_block(module, x)
         if isinstance(module, nn.ConvTranspose1d):
             if self.lengths is not None:
                 raise RuntimeError("length masks apply to the encoder only")
-            return conv_transpose_polyphase(x, module, self.weights.get(module, "polyphase"))
+            return conv_transpose_polyphase(x, module, self.weights.get(module, "polyphase"), self.ws)
         if isinstance(module, nn.Conv1d):
             return self.conv(module, x)
         if isinstance(module, nn.Tanh):
             return x.tanh_()
-        return module(x)  # NoiseBlock, LocalMHA: unchanged behaviour
+        return module(x)  # LocalMHA: unchanged behaviour
 
 
 def has_hooks(module: nn.Module) -> bool:

@@ -99,12 +99,14 @@ class NoiseBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
+        return x + self.draw(x) * self.linear(x)
+
+    def draw(self, x: torch.Tensor) -> torch.Tensor:
+        """The noise ``(B, 1, T)`` for ``x (B, C, T)``: global RNG, or positional with a seed."""
         b, _, t = x.shape
         if self.seed is None:
-            noise = torch.randn((b, 1, t), device=x.device, dtype=x.dtype)
-        else:
-            noise = positional_noise(self.seed, self.index, self.offset, b, t, x.device).to(x.dtype)
-        return x + noise * self.linear(x)
+            return torch.randn((b, 1, t), device=x.device, dtype=x.dtype)
+        return positional_noise(self.seed, self.index, self.offset, b, t, x.device).to(x.dtype)
 
 
 #: Positions per independently seeded piece of positional noise.

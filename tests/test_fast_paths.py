@@ -83,6 +83,23 @@ def test_fast_decode_matches_plain_path(pair, batch):
     assert (fast_audio - plain_audio).abs().max().item() <= 1e-4
 
 
+def test_fast_decode_global_rng_noise_matches_plain_path(pair):
+    """Without a seed the NoiseBlocks draw from the global RNG, in the same order on both paths."""
+    ours, _, _ = pair
+    frames = ours.num_frames(3 * ours.pad_multiple)
+    codes = [torch.randint(0, ours.codebook_size, (2, n), generator=torch.Generator().manual_seed(3)) for n in frames]
+    with torch.inference_mode():
+        torch.manual_seed(11)
+        fast_audio = ours.decode(codes)
+        ours.fast_inference = False
+        try:
+            torch.manual_seed(11)
+            plain_audio = ours.decode(codes)
+        finally:
+            ours.fast_inference = True
+    assert (fast_audio - plain_audio).abs().max().item() <= 1e-4
+
+
 def test_masked_batch_equals_one_by_one(pair):
     """Mixed lengths in one masked call give each row its own codes: ours through the fast path
     (in-place masks), the official model through the conv hooks of tokens.batching."""
@@ -105,6 +122,55 @@ def test_snake_is_bit_identical():
     x = torch.randn(3, 16, 301) * 4
     with torch.no_grad():
         assert torch.equal(fast.snake(x, layer.alpha), layer(x))
+
+
+def test_snake_into_buffer_is_bit_identical():
+    torch.manual_seed(0)
+    alpha = torch.rand(1, 16, 1) * 3 + 0.2
+    x = torch.randn(2, 16, 513) * 4
+    out = torch.full_like(x, float("nan"))
+    got = fast.snake(x, alpha, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.equal(got, fast.snake(x, alpha))
+
+
+@pytest.mark.parametrize("length", [1, 5, 40, 300])
+@pytest.mark.parametrize("dilation", [1, 3, 9])
+@pytest.mark.parametrize("bias", [True, False])
+def test_depthwise_matches_conv1d(length, dilation, bias):
+    """Shifted multiply-adds equal the zero-padded depthwise conv, also where the dilated kernel
+    reaches past both ends of a short input."""
+    torch.manual_seed(length + dilation)
+    conv = torch.nn.Conv1d(6, 6, 7, dilation=dilation, padding=3 * dilation, groups=6, bias=bias)
+    assert fast.is_same_depthwise(conv)
+    x = torch.randn(2, 6, length)
+    with torch.no_grad():
+        want = conv(x)
+        got = fast.depthwise(x, conv.weight, conv.bias, dilation, out=torch.full_like(x, float("nan")))
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_depthwise_detection():
+    assert not fast.is_same_depthwise(torch.nn.Conv1d(6, 6, 7, padding=2, groups=6))  # not "same"
+    assert not fast.is_same_depthwise(torch.nn.Conv1d(6, 6, 7, padding=3, groups=3))  # not depthwise
+    assert not fast.is_same_depthwise(torch.nn.Conv1d(6, 6, 7, padding=3, groups=6, stride=2))
+    assert fast.is_same_depthwise(torch.nn.Conv1d(6, 6, 7, padding=9, dilation=3, groups=6))
+
+
+def test_workspace_reuses_only_dead_buffers():
+    ws = fast.Workspace()
+    like = torch.zeros(1)
+    a = ws.empty((4, 8), like)
+    b = ws.empty((4, 8), like)
+    assert a.data_ptr() != b.data_ptr()  # a is alive
+    view = a[1:3]  # a view keeps the buffer alive after the tensor itself is gone
+    a_ptr = a.data_ptr()
+    del a
+    c = ws.empty((4, 8), like)
+    assert c.data_ptr() not in (a_ptr, b.data_ptr())
+    del view
+    assert ws.empty((4, 8), like).data_ptr() == a_ptr  # dead now: reused
+    assert ws.empty((2, 8), like).shape == (2, 8)  # another shape: its own buffer
 
 
 @pytest.mark.parametrize("stride", [2, 3, 4, 8])
