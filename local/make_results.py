@@ -8,12 +8,15 @@ the code layout of the trained model (as ESPnet's ``meta_info()``), which gives 
 
 With ``--untrained NAME=WAV_SCP`` it also scores, on the same sets, the model that the experiment's
 ``config.yaml`` builds before any training step (same config and seed, as training starts; decoded in
-eval mode with decoder-noise seed 0) and writes it as a second table: what training added.
+eval mode with decoder-noise seed 0) and writes it as a second table: what training added. With
+``--anchors NAME=WAV_SCP`` a third table scores the set's own speech degraded in known ways
+(``espnet_snac.anchors``: white noise at 20 and 10 dB SNR, a 2 kHz low-pass, random phase), so the
+numbers above have reference points.
 
 Usage:
     python local/make_results.py --exp_dir exp/codec_x --model_file exp/codec_x/latest.pth \
         --scoring_dir test=exp/codec_x/decode_latest/test/scoring --output exp/codec_x/RESULTS.md \
-        [--untrained test=dump/raw/test/wav.scp]
+        [--untrained test=dump/raw/test/wav.scp] [--anchors test=dump/raw/test/wav.scp]
 """
 from __future__ import annotations
 
@@ -108,6 +111,14 @@ def score_untrained(config: Path, sets: Sequence[Tuple[str, Path]]) -> Dict[str,
     return out
 
 
+def score_anchor_sets(sets: Sequence[Tuple[str, Path]], sample_rate: int) -> Dict[str, Dict[str, Dict]]:
+    """``{set: {anchor: {metric: mean, "num_failed": n}}}`` (see ``espnet_snac.anchors``)."""
+    from espnet_snac.anchors import score_anchors
+    from espnet_snac.train.curve_data import load_eval_set
+
+    return {name: score_anchors(load_eval_set(wav_scp, sample_rate), sample_rate) for name, wav_scp in sets}
+
+
 def _rel(path: Path, start: Path) -> str:
     return os.path.relpath(path, start)
 
@@ -118,6 +129,7 @@ def render(
     meta: Dict,
     sets: Sequence[Tuple[str, Path]],
     untrained: Optional[Dict[str, Dict]] = None,
+    anchors: Optional[Dict[str, Dict[str, Dict]]] = None,
 ) -> str:
     """The Markdown text of RESULTS.md."""
     from importlib.metadata import version
@@ -168,6 +180,23 @@ def render(
             cells = [name, str(results["num_utts"]), str(results["num_failed"])]
             cells += [_fmt(results.get(key), pattern) for key, _, pattern in METRICS]
             lines.append("| " + " | ".join(cells) + " |")
+    if anchors:
+        from espnet_snac.anchors import ANCHORS
+
+        lines += [
+            "",
+            "## Reference points: the same sets' own speech, degraded",
+            "",
+            "Where the numbers above sit: each row scores a known degradation of the reference itself.",
+            "",
+            "| set | reference | failed | " + " | ".join(title for _, title, _ in METRICS) + " |",
+            "|---|---|---:|" + "---:|" * len(METRICS),
+        ]
+        for name, rows in anchors.items():
+            for anchor, results in rows.items():
+                cells = [name, ANCHORS[anchor], str(results["num_failed"])]
+                cells += [_fmt(results.get(key), pattern) for key, _, pattern in METRICS]
+                lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Files", ""]
     for name, scoring_dir in sets:
         decode_dir = scoring_dir.parent
@@ -196,11 +225,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="the RESULTS.md to write")
     parser.add_argument("--untrained", type=_parse_set, action="append", default=[],
                         help="NAME=WAV_SCP: also score the untrained model (iteration 0) on this set; repeatable")
+    parser.add_argument("--anchors", type=_parse_set, action="append", default=[],
+                        help="NAME=WAV_SCP: also score known degradations of this set's speech; repeatable")
     args = parser.parse_args(argv)
 
     config = args.exp_dir / "config.yaml"
     for path in ([config, args.model_file] + [d / "results.json" for _, d in args.scoring_dir]
-                 + [scp for _, scp in args.untrained]):
+                 + [scp for _, scp in args.untrained + args.anchors]):
         if not path.exists():
             print(f"make_results: {path} not found (run stages 4 and 5 first)", file=sys.stderr)
             return 1
@@ -210,7 +241,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as e:  # unreadable audio or list, a config the task rejects
         print(f"make_results: scoring the untrained model failed: {e}", file=sys.stderr)
         return 1
-    text = render(args.exp_dir, args.model_file, meta, args.scoring_dir, untrained)
+    try:
+        anchors = score_anchor_sets(args.anchors, meta["fs"]) if args.anchors else None
+    except (OSError, ValueError) as e:
+        print(f"make_results: scoring the reference points failed: {e}", file=sys.stderr)
+        return 1
+    text = render(args.exp_dir, args.model_file, meta, args.scoring_dir, untrained, anchors)
     tmp = args.output.with_suffix(".md.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(args.output)

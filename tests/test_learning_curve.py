@@ -112,7 +112,7 @@ def test_results_table_scores_the_untrained_model(corpus, tmp_path):
     _, eval_scp = corpus
     rc = make_results.main(["--exp_dir", str(exp), "--model_file", str(exp / "latest.pth"),
                             "--scoring_dir", f"test={scoring}", "--untrained", f"test={eval_scp}",
-                            "--output", str(exp / "RESULTS.md")])
+                            "--anchors", f"test={eval_scp}", "--output", str(exp / "RESULTS.md")])
     assert rc == 0
     text = (exp / "RESULTS.md").read_text()
     tables = text.split("## The same sets with the untrained model (iteration 0)")
@@ -123,3 +123,10 @@ def test_results_table_scores_the_untrained_model(corpus, tmp_path):
     assert cells[:3] == ["test", "2", "0"]
     mel, pesq = float(cells[3]), float(cells[6])
     assert mel > 3.0 and 1.0 <= pesq < 1.5  # an untrained codec reconstructs nothing
+    anchors = text.split("## Reference points: the same sets' own speech, degraded")[1].split("## Files")[0]
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in anchors.splitlines() if line.startswith("| test |"))}
+    assert len(rows) == 4
+    noise20 = rows["white noise added at 20 dB SNR"]
+    noise10 = rows["white noise added at 10 dB SNR"]
+    assert noise20[2] == "0" and float(noise20[5]) > float(noise10[5])  # SI-SNR

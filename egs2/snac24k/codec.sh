@@ -41,6 +41,7 @@ tag=                     # experiment name suffix (default: train_config file na
 inference_model=         # checkpoint of the experiment for stages 5-7 (default: valid.mel_loss.best.pth, else latest.pth)
 plot_spectrograms=3      # spectrogram comparison images per test set
 score_untrained=true     # stage 5: also score the untrained model (iteration 0) on the test sets, in RESULTS.md
+score_anchors=true       # stage 5: also score known degradations of the test sets' speech (reference points), in RESULTS.md
 cmd_backend=local        # local | slurm (settings in cmd.sh)
 python=python3           # Python interpreter
 workdir=.                # parent of data/, dump/ and exp/ unless given separately
@@ -121,6 +122,7 @@ for v in stage stop_stage ngpu num_nodes nj inference_nj fs plot_spectrograms; d
 done
 [ "$nj" -ge 1 ] && [ "$inference_nj" -ge 1 ] || die "--nj and --inference_nj must be at least 1"
 case "$score_untrained" in true|false) ;; *) die "--score_untrained must be true or false, got '$score_untrained'" ;; esac
+case "$score_anchors" in true|false) ;; *) die "--score_anchors must be true or false, got '$score_anchors'" ;; esac
 case "$audio_format" in flac|ark) ;; *) die "--audio_format must be flac or ark, got '$audio_format'" ;; esac
 case "$cmd_backend" in local|slurm) ;; *) die "--cmd_backend must be local or slurm, got '$cmd_backend'" ;; esac
 if [ "$num_nodes" -gt 1 ] && [ "$cmd_backend" != slurm ]; then
@@ -458,17 +460,21 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         [ -s "${dir}/scoring/results.json" ] || die "Stage 5: ${dir}/scoring/results.json missing"
         echo "$fp" > "$marker"
     done
+    results_opts="model=${model_id} sets=${test_sets} untrained=${score_untrained} anchors=${score_anchors}"
+    [ "$(cat "${codec_exp}/.results_opts" 2>/dev/null)" = "$results_opts" ] || results_changed=true
     if "$results_changed" || [ ! -s "${codec_exp}/RESULTS.md" ]; then
         set_args=()
         for dset in $test_sets; do
             set_args+=(--scoring_dir "${dset}=${decode_dir}/${dset}/scoring")
             "$score_untrained" && set_args+=(--untrained "${dset}=${dumpdir}/raw/${dset}/wav.scp")
+            "$score_anchors" && set_args+=(--anchors "${dset}=${dumpdir}/raw/${dset}/wav.scp")
         done
         "$python" local/make_results.py \
             --exp_dir "$codec_exp" \
             --model_file "$model_file" \
             "${set_args[@]}" \
             --output "${codec_exp}/RESULTS.md" || die "Stage 5: writing ${codec_exp}/RESULTS.md failed"
+        echo "$results_opts" > "${codec_exp}/.results_opts"
         log "Stage 5: results table ${codec_exp}/RESULTS.md"
     fi
 fi
