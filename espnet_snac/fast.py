@@ -44,9 +44,13 @@ def snake(x: torch.Tensor, alpha: torch.Tensor, out: Optional[torch.Tensor] = No
     return y.sin_().square_().mul_((alpha + 1e-9).reciprocal()).add_(x)
 
 
+# Private torch API (present in the torch versions we support); without it buffers are not reused.
+_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
 def _storage_uses(t: torch.Tensor) -> int:
     """References to ``t``'s storage (tensors and views holding it, plus one for the query)."""
-    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+    return _use_count(t.untyped_storage()._cdata)
 
 
 class Workspace:
@@ -61,9 +65,12 @@ class Workspace:
 
     def __init__(self) -> None:
         self._buffers: Dict[tuple, list] = {}
-        self._idle = _storage_uses(torch.empty(0))  # the count of a buffer only this object holds
+        # the count of a buffer that only this object holds
+        self._idle = _storage_uses(torch.empty(0)) if _use_count is not None else 0
 
     def empty(self, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        if _use_count is None:
+            return torch.empty(shape, dtype=like.dtype, device=like.device)
         bases = self._buffers.setdefault((tuple(shape), like.dtype, like.device), [])
         for base in bases:
             if _storage_uses(base) == self._idle:

@@ -173,6 +173,15 @@ def test_workspace_reuses_only_dead_buffers():
     assert ws.empty((2, 8), like).shape == (2, 8)  # another shape: its own buffer
 
 
+def test_workspace_without_use_counts_never_reuses(monkeypatch):
+    monkeypatch.setattr(fast, "_use_count", None)
+    ws = fast.Workspace()
+    first = ws.empty((4, 8), torch.zeros(1))
+    second = ws.empty((4, 8), torch.zeros(1))
+    assert first.shape == second.shape == (4, 8)
+    assert not ws._buffers  # plain allocations, nothing kept for reuse
+
+
 @pytest.mark.parametrize("stride", [2, 3, 4, 8])
 def test_polyphase_transposed_conv(stride):
     torch.manual_seed(stride)
