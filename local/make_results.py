@@ -119,6 +119,14 @@ def score_anchor_sets(sets: Sequence[Tuple[str, Path]], sample_rate: int) -> Dic
     return {name: score_anchors(load_eval_set(wav_scp, sample_rate), sample_rate) for name, wav_scp in sets}
 
 
+def _metric_table(first: List[str], first_rule: str, rows: Sequence[Tuple[List[str], Dict]]) -> List[str]:
+    """Markdown table: the ``first`` columns, then one column per metric of :data:`METRICS`."""
+    lines = ["| " + " | ".join(first + [title for _, title, _ in METRICS]) + " |", first_rule + "---:|" * len(METRICS)]
+    for cells, results in rows:
+        lines.append("| " + " | ".join(cells + [_fmt(results.get(key), pattern) for key, _, pattern in METRICS]) + " |")
+    return lines
+
+
 def _rel(path: Path, start: Path) -> str:
     return os.path.relpath(path, start)
 
@@ -173,13 +181,9 @@ def render(
             "The model `config.yaml` builds before any training step (same seed); what training added is the",
             "difference to the table above.",
             "",
-            "| set | utts | failed | " + " | ".join(title for _, title, _ in METRICS) + " |",
-            "|---|---:|---:|" + "---:|" * len(METRICS),
         ]
-        for name, results in untrained.items():
-            cells = [name, str(results["num_utts"]), str(results["num_failed"])]
-            cells += [_fmt(results.get(key), pattern) for key, _, pattern in METRICS]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += _metric_table(["set", "utts", "failed"], "|---|---:|---:|",
+                               [([name, str(r["num_utts"]), str(r["num_failed"])], r) for name, r in untrained.items()])
     if anchors:
         from espnet_snac.anchors import ANCHORS
 
@@ -189,14 +193,10 @@ def render(
             "",
             "Where the numbers above sit: each row scores a known degradation of the reference itself.",
             "",
-            "| set | reference | failed | " + " | ".join(title for _, title, _ in METRICS) + " |",
-            "|---|---|---:|" + "---:|" * len(METRICS),
         ]
-        for name, rows in anchors.items():
-            for anchor, results in rows.items():
-                cells = [name, ANCHORS[anchor], str(results["num_failed"])]
-                cells += [_fmt(results.get(key), pattern) for key, _, pattern in METRICS]
-                lines.append("| " + " | ".join(cells) + " |")
+        lines += _metric_table(["set", "reference", "failed"], "|---|---|---:|",
+                               [([name, ANCHORS[anchor], str(r["num_failed"])], r)
+                                for name, rows in anchors.items() for anchor, r in rows.items()])
     lines += ["", "## Files", ""]
     for name, scoring_dir in sets:
         decode_dir = scoring_dir.parent
