@@ -67,6 +67,23 @@ def load_audio(wav_scp: str, num_files: int) -> List[Tuple[str, np.ndarray]]:
     return out
 
 
+def join_utterances(items: Sequence[Tuple[str, np.ndarray]], seconds: float,
+                    gap: float = 0.1) -> List[Tuple[str, np.ndarray]]:
+    """Consecutive utterances joined, with ``gap`` seconds of silence between them, into files of
+    at least ``seconds`` (the last one may be shorter): long real speech from short utterances."""
+    out, parts, length = [], [], 0
+    silence = np.zeros(int(gap * RATE), dtype=np.float32)
+    for name, audio in items:
+        parts += [np.asarray(audio, dtype=np.float32), silence]
+        length += audio.shape[-1] + silence.size
+        if length >= seconds * RATE:
+            out.append((f"joined{len(out)}", np.concatenate(parts[:-1])))
+            parts, length = [], 0
+    if parts:
+        out.append((f"joined{len(out)}", np.concatenate(parts[:-1])))
+    return out
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -171,6 +188,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--wav_scp", default="", help="Kaldi wav.scp of 24 kHz audio (default: the demo corpus)")
     p.add_argument("--num_files", type=int, default=0, help="use only the first N utterances (0: all)")
+    p.add_argument("--join_seconds", type=float, default=0.0,
+                   help="join consecutive utterances (0.1 s pauses) into files of at least this many "
+                        "seconds before --num_files applies: long real speech from short utterances")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median is reported")
     args = p.parse_args()
     if args.threads > 0:
@@ -186,12 +206,16 @@ def main() -> None:
     ours = SNAC(**SNAC_24KHZ).eval().to(device)
     official = official_pkg.SNAC(**SNAC_24KHZ).eval().to(device)
     official.load_state_dict(ours.state_dict(), strict=True)
-    items = load_audio(args.wav_scp, args.num_files)
+    items = load_audio(args.wav_scp, 0 if args.join_seconds > 0 else args.num_files)
+    if args.join_seconds > 0:
+        items = join_utterances(items, args.join_seconds)
+        items = items[:args.num_files] if args.num_files > 0 else items
     audios = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device) for _, a in items]
     seconds = sum(a.shape[-1] for a in audios) / RATE
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"device {device} ({where}), torch {torch.__version__}, snac {getattr(official_pkg, '__version__', '?')}")
-    print(f"audio: {len(audios)} utterances, {seconds:.1f} s ({args.wav_scp or 'local/demo_corpus'}); "
+    joined = f", joined into files of >= {args.join_seconds:g} s" if args.join_seconds > 0 else ""
+    print(f"audio: {len(audios)} utterances, {seconds:.1f} s ({args.wav_scp or 'local/demo_corpus'}{joined}); "
           f"ours batch_size {args.batch_size}; {args.repeats} alternating repeats, median")
 
     times: Dict[str, List[float]] = {k: [] for k in ("off_enc", "our_enc", "off_dec", "our_dec")}
