@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Callable, Dict, List, Mapping
+from typing import Callable, Dict, Mapping
 
 import numpy as np
 import torch
@@ -61,22 +61,9 @@ def degrade(x: np.ndarray, rate: int, name: str, utt: str = "") -> np.ndarray:
     return _MAKERS[name](np.asarray(x), rate, _rng(utt, name)).astype(np.float32)
 
 
-def score_anchors(utts: Mapping[str, np.ndarray], rate: int) -> Dict[str, Dict[str, float]]:
-    """``{anchor: {metric: mean over utts, "num_failed": n}}`` with :func:`espnet_snac.metrics.compute_all`."""
-    from espnet_snac.metrics import MetricError, compute_all
+def score_anchors(utts: Mapping[str, np.ndarray], rate: int) -> Dict[str, Dict[str, object]]:
+    """``{anchor: {metric: mean, "num_utts": n, "num_failed": k}}`` (:func:`espnet_snac.metrics.mean_scores`)."""
+    from espnet_snac.metrics import mean_scores
 
-    out: Dict[str, Dict[str, float]] = {}
-    for name in ANCHORS:
-        values: Dict[str, List[float]] = {}
-        failed = 0
-        for utt, x in utts.items():
-            try:
-                scores = compute_all(x, degrade(x, rate, name, utt), rate)
-            except MetricError:
-                failed += 1
-                continue
-            for key, value in scores.items():
-                values.setdefault(key, []).append(value)
-        out[name] = {k: float(np.mean(v)) for k, v in values.items()}
-        out[name]["num_failed"] = failed
-    return out
+    return {name: mean_scores(((utt, x, degrade(x, rate, name, utt)) for utt, x in utts.items()), rate)
+            for name in ANCHORS}

@@ -36,6 +36,12 @@ def wav_data_shortfall(data: bytes, total: Optional[int] = None) -> Optional[Tup
     return None
 
 
+def wav_file_shortfall(path: Union[str, Path]) -> Optional[Tuple[int, int]]:
+    """:func:`wav_data_shortfall` of the file at ``path``, reading only its headers."""
+    with open(path, "rb") as fh:
+        return wav_data_shortfall(fh.read(1 << 16), os.fstat(fh.fileno()).st_size)
+
+
 def read_audio(source: Union[str, Path, bytes], name: str | None = None) -> Tuple[np.ndarray, int]:
     """Read a sound file (path or raw bytes) with libsndfile.
 
@@ -47,8 +53,7 @@ def read_audio(source: Union[str, Path, bytes], name: str | None = None) -> Tupl
         if isinstance(source, bytes):
             shortfall = wav_data_shortfall(source[: 1 << 16], len(source))
         else:
-            with open(source, "rb") as fh:
-                shortfall = wav_data_shortfall(fh.read(1 << 16), os.fstat(fh.fileno()).st_size)
+            shortfall = wav_file_shortfall(source)
     except OSError:
         shortfall = None  # sf.read below reports the file error
     if shortfall is not None:

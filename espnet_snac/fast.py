@@ -216,8 +216,8 @@ class FastPath:
     ``lengths`` (encoder only): per row, the valid input samples of a batch of ``total`` samples;
     the input of every Conv1d is then zeroed beyond each row's valid length at that layer's
     resolution (see :mod:`espnet_snac.tokens.batching`), done in place on the tail only.
-    ``exact=False`` (decoder) also runs kernel-1 convolutions as GEMMs: faster on CPU, equal up to
-    float summation order.
+    ``exact=False`` (decoder) also runs kernel-1 convolutions as GEMMs and, on CPU, depthwise ones
+    as shifted multiply-adds: faster, equal up to float summation order.
     """
 
     def __init__(self, weights: FoldedWeights, lengths: Optional[torch.Tensor] = None, total: int = 0,
@@ -270,28 +270,22 @@ class FastPath:
         if not block.enabled:
             return x
         noise = block.draw(x)
-        if self.exact:
-            h = F.conv1d(x, self.weights.get(block.linear))
-        else:
-            h = pointwise(x, self.weights.get(block.linear), None, out=self.ws.empty(x.shape, x))
-        return h.mul_(noise).add_(x)
+        return self.conv(block.linear, x).mul_(noise).add_(x)
 
     # ------------------------------------------------------------------ walking
     def run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(module, (EncoderBlock, DecoderBlock)):
+        if isinstance(module, (nn.Sequential, Encoder, Decoder, EncoderBlock, DecoderBlock)):
             # Each block works at its own resolution: its buffers go when it ends (memory stays
             # about one resolution's working set, not the sum over blocks).
-            outer, self.ws = self.ws, Workspace()
+            outer = self.ws
+            if isinstance(module, (EncoderBlock, DecoderBlock)):
+                self.ws = Workspace()
             try:
                 for child in module.children():
                     x = self.run(child, x)
                 return x
             finally:
                 self.ws = outer
-        if isinstance(module, (nn.Sequential, Encoder, Decoder)):
-            for child in (module if isinstance(module, nn.Sequential) else module.children()):
-                x = self.run(child, x)
-            return x
         if isinstance(module, ResidualUnit):
             return self.residual_unit(module, x)
         if isinstance(module, Snake1d):

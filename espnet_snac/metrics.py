@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Callable, Dict, Sequence, Union
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -204,4 +204,27 @@ def compute_all(ref: Signal, hyp: Signal, sample_rate: int) -> Dict[str, float]:
         if not math.isfinite(value):
             raise MetricError(f"{name}: non-finite value {value}")
         out[name] = value
+    return out
+
+
+def mean_scores(pairs: Iterable[Tuple[str, Signal, Signal]], sample_rate: int,
+                on_error: Optional[Callable[[str, MetricError], None]] = None) -> Dict[str, object]:
+    """:func:`compute_all` over ``(utt, ref, hyp)`` pairs: ``{metric: mean (None if every pair
+    failed), "num_utts": n, "num_failed": k}``; a pair whose metrics fail is counted (and passed to
+    ``on_error``), not averaged. ``pairs`` may be a generator (one reconstruction in memory)."""
+    values: Dict[str, list] = {name: [] for name in METRIC_NAMES}
+    total = failed = 0
+    for utt, ref, hyp in pairs:
+        total += 1
+        try:
+            scores = compute_all(ref, hyp, sample_rate)
+        except MetricError as exc:
+            failed += 1
+            if on_error is not None:
+                on_error(utt, exc)
+            continue
+        for name in METRIC_NAMES:
+            values[name].append(scores[name])
+    out: Dict[str, object] = {name: float(np.mean(v)) if v else None for name, v in values.items()}
+    out.update(num_utts=total, num_failed=failed)
     return out

@@ -28,7 +28,12 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from espnet_snac.atomic_files import atomic_write_text
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # (key in results.json, column title, number format)
 METRICS: List[Tuple[str, str, str]] = [
@@ -78,45 +83,41 @@ def _fmt(value, pattern: str) -> str:
     return pattern.format(value) if math.isfinite(value) else "nan"
 
 
-def score_untrained(config: Path, sets: Sequence[Tuple[str, Path]]) -> Dict[str, Dict]:
-    """``{set: {"num_utts", "num_failed", <metric>: mean}}`` of the untrained model on each wav.scp."""
-    import numpy as np
+def score_untrained(config: Path, sets: Mapping[str, Mapping[str, "np.ndarray"]]) -> Dict[str, Dict]:
+    """``{set: {"num_utts", "num_failed", <metric>: mean}}`` of the untrained model on each set's
+    utterances (mono at the model rate)."""
     import torch
 
-    from espnet_snac.metrics import MetricError, compute_all
+    from espnet_snac.metrics import mean_scores
     from espnet_snac.train.curve import NOISE_SEED, build_training
-    from espnet_snac.train.curve_data import load_eval_set
 
     training = build_training(config)  # seeds and builds exactly as the training run started
     generator = training.model.codec.generator.eval()
+
+    def reconstruct(x):
+        with torch.no_grad():
+            codes = generator.encode(torch.from_numpy(x).view(1, 1, -1))
+            return generator.decode(codes, length=x.size, noise_seed=NOISE_SEED).reshape(-1).numpy()
+
     out: Dict[str, Dict] = {}
-    for name, wav_scp in sets:
-        utts = load_eval_set(wav_scp, training.sample_rate)
-        values: Dict[str, List[float]] = {key: [] for key, _, _ in METRICS}
-        failed = 0
-        for utt, x in utts.items():
-            with torch.no_grad():
-                codes = generator.encode(torch.from_numpy(x).view(1, 1, -1))
-                y = generator.decode(codes, length=x.size, noise_seed=NOISE_SEED).reshape(-1).numpy()
-            try:
-                scores = compute_all(x, y, training.sample_rate)
-            except MetricError as e:
-                print(f"make_results: untrained model, {name}/{utt}: {e}", file=sys.stderr)
-                failed += 1
-                continue
-            for key in values:
-                values[key].append(scores[key])
-        out[name] = {"num_utts": len(utts), "num_failed": failed,
-                     **{k: float(np.mean(v)) if v else None for k, v in values.items()}}
+    for name, utts in sets.items():
+        def report(utt, exc, name=name):
+            print(f"make_results: untrained model, {name}/{utt}: {exc}", file=sys.stderr)
+
+        out[name] = mean_scores(((utt, x, reconstruct(x)) for utt, x in utts.items()),
+                                training.sample_rate, on_error=report)
     return out
 
 
-def score_anchor_sets(sets: Sequence[Tuple[str, Path]], sample_rate: int) -> Dict[str, Dict[str, Dict]]:
-    """``{set: {anchor: {metric: mean, "num_failed": n}}}`` (see ``espnet_snac.anchors``)."""
-    from espnet_snac.anchors import score_anchors
+def load_sets(sets: Sequence[Tuple[str, Path]], sample_rate: int,
+              cache: Dict[Path, Dict]) -> Dict[str, Mapping[str, "np.ndarray"]]:
+    """``{set: {utt: audio}}``; a wav.scp named by several options is read once (``cache``)."""
     from espnet_snac.train.curve_data import load_eval_set
 
-    return {name: score_anchors(load_eval_set(wav_scp, sample_rate), sample_rate) for name, wav_scp in sets}
+    for _, wav_scp in sets:
+        if wav_scp not in cache:
+            cache[wav_scp] = load_eval_set(wav_scp, sample_rate)
+    return {name: cache[wav_scp] for name, wav_scp in sets}
 
 
 def _metric_table(first: List[str], first_rule: str, rows: Sequence[Tuple[List[str], Dict]]) -> List[str]:
@@ -235,21 +236,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not path.exists():
             print(f"make_results: {path} not found (run stages 4 and 5 first)", file=sys.stderr)
             return 1
+    from espnet_snac.anchors import score_anchors
+
     meta = codec_meta(args.model_file)
+    audio: Dict[Path, Dict] = {}
     try:
-        untrained = score_untrained(config, args.untrained) if args.untrained else None
+        untrained = score_untrained(config, load_sets(args.untrained, meta["fs"], audio)) if args.untrained else None
     except (OSError, ValueError) as e:  # unreadable audio or list, a config the task rejects
         print(f"make_results: scoring the untrained model failed: {e}", file=sys.stderr)
         return 1
     try:
-        anchors = score_anchor_sets(args.anchors, meta["fs"]) if args.anchors else None
+        anchors = ({name: score_anchors(utts, meta["fs"]) for name, utts in load_sets(args.anchors, meta["fs"], audio).items()}
+                   if args.anchors else None)
     except (OSError, ValueError) as e:
         print(f"make_results: scoring the reference points failed: {e}", file=sys.stderr)
         return 1
     text = render(args.exp_dir, args.model_file, meta, args.scoring_dir, untrained, anchors)
-    tmp = args.output.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(args.output)
+    atomic_write_text(args.output, text)
     print(f"wrote {args.output}")
     return 0
 

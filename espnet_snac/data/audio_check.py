@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional, Tuple
 import numpy as np
 import soundfile as sf
 
-from espnet_snac.audio_io import AudioError, read_audio, resample, to_mono, wav_data_shortfall
+from espnet_snac.audio_io import AudioError, read_audio, resample, to_mono, wav_data_shortfall, wav_file_shortfall
 from espnet_snac.data.bandwidth import effective_bandwidth
 from espnet_snac.data.items import Rejected, SourceItem
 
@@ -68,13 +68,17 @@ def _load_bytes(payload: str) -> bytes:
         return fh.read()
 
 
+def _truncated(origin: str, shortfall: Tuple[int, int]) -> Rejected:
+    return Rejected("truncated", f"{origin}: WAV data chunk declares {shortfall[0]} bytes, file has {shortfall[1]}")
+
+
 def _decode(data: bytes, origin: str) -> Tuple[np.ndarray, int]:
     """Decode encoded bytes to ((T, C) float32, rate), detecting truncation."""
     if len(data) == 0:
         raise Rejected("empty_file", origin)
     shortfall = wav_data_shortfall(data)
     if shortfall is not None:
-        raise Rejected("truncated", f"{origin}: WAV data chunk declares {shortfall[0]} bytes, file has {shortfall[1]}")
+        raise _truncated(origin, shortfall)
     try:
         samples, sr = read_audio(data, name=origin)
     except AudioError as exc:  # libsndfile names the in-memory buffer; that helps nobody
@@ -153,11 +157,9 @@ def _mono_blocks(path: str, sr: int, fs: int, origin: str) -> Iterator[np.ndarra
 
 def _convert_long(item: SourceItem, info, limits: AudioLimits) -> Converted:
     path, origin, sr = item.audio, item.audio, int(info.samplerate)
-    with open(path, "rb") as fh:
-        head = fh.read(1 << 16)
-    shortfall = wav_data_shortfall(head, os.path.getsize(path))
+    shortfall = wav_file_shortfall(path)
     if shortfall is not None:
-        raise Rejected("truncated", f"{origin}: WAV data chunk declares {shortfall[0]} bytes, file has {shortfall[1]}")
+        raise _truncated(origin, shortfall)
     if not limits.min_input_fs <= sr <= limits.max_input_fs:
         raise Rejected("unsupported_rate", f"{origin}: {sr} Hz is outside {limits.min_input_fs}..{limits.max_input_fs} Hz")
     duration = info.frames / sr

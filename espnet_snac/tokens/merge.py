@@ -57,11 +57,6 @@ class MergeResult:
     bpe_model: Optional[Path] = None
 
 
-def _AtomicText(path: Path):
-    """A text file that appears complete or not at all (see ``espnet_snac.atomic_files``)."""
-    return atomic_open(path, "w")
-
-
 class _AtomicArk:
     """A Kaldi ark that appears complete or not at all (see ``espnet_snac.atomic_files``);
     :meth:`write` returns the scp value ``<path>:<offset>`` (the path as given, as the shards do)."""
@@ -130,16 +125,16 @@ def merge_shards(output_dir: Path, keys: Optional[Sequence[str]] = None, formats
     fd_cache: dict = {}
     trimmed = 0
     with ExitStack() as stack:
-        scp = stack.enter_context(_AtomicText(output_dir / "codes.scp"))
-        n_frames = stack.enter_context(_AtomicText(output_dir / "utt2num_frames"))
-        n_samples = stack.enter_context(_AtomicText(output_dir / "utt2num_samples"))
-        text = stack.enter_context(_AtomicText(output_dir / "text")) if "text" in formats else None
-        orpheus = stack.enter_context(_AtomicText(output_dir / "text_orpheus")) if "orpheus" in formats else None
-        level_scps = ([stack.enter_context(_AtomicText(output_dir / f"level{i}.scp")) for i in range(3)]
+        scp = stack.enter_context(atomic_open(output_dir / "codes.scp"))
+        n_frames = stack.enter_context(atomic_open(output_dir / "utt2num_frames"))
+        n_samples = stack.enter_context(atomic_open(output_dir / "utt2num_samples"))
+        text = stack.enter_context(atomic_open(output_dir / "text")) if "text" in formats else None
+        orpheus = stack.enter_context(atomic_open(output_dir / "text_orpheus")) if "orpheus" in formats else None
+        level_scps = ([stack.enter_context(atomic_open(output_dir / f"level{i}.scp")) for i in range(3)]
                       if "npy" in formats else None)
-        units = (stack.enter_context(_AtomicText(output_dir / "bpe" / "train_units.txt"))
+        units = (stack.enter_context(atomic_open(output_dir / "bpe" / "train_units.txt"))
                  if bpe_nunits > 0 else None)
-        codec_scp = stack.enter_context(_AtomicText(output_dir / "codec.scp")) if "codec" in formats else None
+        codec_scp = stack.enter_context(atomic_open(output_dir / "codec.scp")) if "codec" in formats else None
         codec_ark = stack.enter_context(_AtomicArk(output_dir / "codec.ark")) if "codec" in formats else None
         trimmed_ark = stack.enter_context(_AtomicArk(output_dir / "codes.ark")) if frames != "ceil" else None
         total_samples = 0
@@ -186,15 +181,15 @@ def merge_shards(output_dir: Path, keys: Optional[Sequence[str]] = None, formats
     elif trimmed_ark is None:
         (output_dir / "codes.ark").unlink(missing_ok=True)  # left by an earlier floor merge
 
-    with _AtomicText(output_dir / "rejected.tsv") as f:
+    with atomic_open(output_dir / "rejected.tsv") as f:
         for k in sorted(rejected):
             f.write(f"{k}\t{rejected[k]}\n")
 
     if "text" in formats:
-        with _AtomicText(output_dir / "token_list") as f:
+        with atomic_open(output_dir / "token_list") as f:
             f.write("\n".join(token_names(CODEBOOK_SIZE)) + "\n")
     if "codec" in formats:
-        with _AtomicText(output_dir / "codec_token_list") as f:
+        with atomic_open(output_dir / "codec_token_list") as f:
             f.write("\n".join(codec_token_names(CODEBOOK_SIZE)) + "\n")
     if "datasets" in formats:
         write_dataset(output_dir, [(u, values[u], state.num_samples.get(u, 0)) for u in written],
@@ -207,18 +202,18 @@ def merge_shards(output_dir: Path, keys: Optional[Sequence[str]] = None, formats
         else:
             model_path = Path(bpe_model)
         bpe = UnitBPE(model_path)
-        with _AtomicText(output_dir / "text_bpe") as f:
+        with atomic_open(output_dir / "text_bpe") as f:
             for utt in written:
                 pieces = bpe.encode(frames_to_flat(load_codes(values[utt], fd_cache)).tolist())
                 f.write(utt + " " + " ".join(pieces) + "\n")
         _close_all(fd_cache)
-        with _AtomicText(output_dir / "bpe_token_list") as f:
+        with atomic_open(output_dir / "bpe_token_list") as f:
             f.write("\n".join(bpe.pieces()) + "\n")
 
     return MergeResult(written, rejected, missing, total_samples, stats.summary(), model_path)
 
 
 def write_summary(output_dir: Path, summary: dict) -> None:
-    with _AtomicText(Path(output_dir) / "stats.json") as f:
+    with atomic_open(Path(output_dir) / "stats.json") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Iterable, List, Sequence
 
 from espnet_snac.atomic_files import atomic_open
 
@@ -14,9 +14,14 @@ AFTER_CODES = ("eval_utts", "eval_failed", "grad_norm_generator", "grad_norm_dis
                "nonfinite_steps", "sec_per_iter", "lr_generator")
 
 
+def _code_keys(keys: Iterable[str]) -> List[str]:
+    """The ``codes_used_<level>`` keys, by level."""
+    return sorted((k for k in keys if k.startswith("codes_used_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+
+
 def columns(rows: Sequence[Dict[str, Any]]) -> List[str]:
     keys = set().union(*rows)
-    codes = sorted((k for k in keys if k.startswith("codes_used_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    codes = _code_keys(keys)
     head = [*FIRST_COLUMNS, *codes, *AFTER_CODES]
     return head + sorted(keys - set(head))
 
@@ -60,7 +65,6 @@ def write_plot(path: Path, rows: Sequence[Dict[str, Any]], title: str = "") -> N
 
 def final_line(row: Dict[str, Any]) -> str:
     """``iterations=N pesq=X stoi=Y mel=Z codes_used=A/B/C nonfinite_steps=K`` of the last evaluation."""
-    codes = "/".join(str(row[k]) for k in sorted((k for k in row if k.startswith("codes_used_")),
-                                                 key=lambda k: int(k.rsplit("_", 1)[1])))
+    codes = "/".join(str(row[k]) for k in _code_keys(row))
     return (f"iterations={row['iteration']} pesq={row['pesq']:.3f} stoi={row['stoi']:.3f} "
             f"mel={row['mel']:.3f} codes_used={codes} nonfinite_steps={row['nonfinite_steps']}")
