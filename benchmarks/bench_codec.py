@@ -37,6 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from espnet_snac import kernels  # noqa: E402
 from espnet_snac.audio_io import load_mono, to_mono  # noqa: E402
 from espnet_snac.model import SNAC, SNAC_24KHZ  # noqa: E402
 from espnet_snac.scp import load_scp_audio, read_scp  # noqa: E402
@@ -214,6 +215,8 @@ def main() -> None:
     seconds = sum(a.shape[-1] for a in audios) / RATE
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"device {device} ({where}), torch {torch.__version__}, snac {getattr(official_pkg, '__version__', '?')}")
+    if device.type == "cpu":
+        print(f"fused decoder kernels (espnet_snac.kernels): {kernels.status()}")
     joined = f", joined into files of >= {args.join_seconds:g} s" if args.join_seconds > 0 else ""
     print(f"audio: {len(audios)} utterances, {seconds:.1f} s ({args.wav_scp or 'local/demo_corpus'}{joined}); "
           f"ours batch_size {args.batch_size}; {args.repeats} alternating repeats, median")

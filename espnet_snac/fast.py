@@ -17,8 +17,9 @@ Encoder outputs, hence codes, are bit-identical to the plain modules: its convol
 within 1e-6 of a tie (README, "Speed"). The decoder additionally runs kernel-1 convolutions (also
 the NoiseBlocks' projection) as GEMMs, transposed convolutions as GEMMs over polyphase weights
 (the CPU conv kernels re-layout wide weights on every call) and, on CPU, the depthwise convolutions
-as multiply-adds over shifted views; equal up to float summation order, checked to 1e-4 by the
-tests. The NoiseBlocks draw their noise through the module (same generator, same order). LocalMHA
+as multiply-adds over shifted views, or, where a C compiler is at hand, Snake and each residual
+unit's Snake + depthwise conv as fused one-pass kernels (:mod:`espnet_snac.kernels`); equal up to
+float rounding, checked to 1e-4 by the tests. The NoiseBlocks draw their noise through the module (same generator, same order). LocalMHA
 is called as usual. Everything else - state-dict keys, checkpoints, training - stays on the plain
 path.
 """
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from espnet_snac import kernels
 from espnet_snac.layers import (Decoder, DecoderBlock, Encoder, EncoderBlock, NoiseBlock, ResidualUnit,
                                  Snake1d)
 
@@ -217,13 +219,17 @@ class FastPath:
     the input of every Conv1d is then zeroed beyond each row's valid length at that layer's
     resolution (see :mod:`espnet_snac.tokens.batching`), done in place on the tail only.
     ``exact=False`` (decoder) also runs kernel-1 convolutions as GEMMs and, on CPU, depthwise ones
-    as shifted multiply-adds: faster, equal up to float summation order.
+    as shifted multiply-adds, or with ``native`` (and a C compiler, :mod:`espnet_snac.kernels`)
+    Snake and Snake + depthwise conv as fused kernels: faster, equal up to float rounding. With
+    ``exact`` and ``native``, depthwise convolutions on CPU run the kernel that rounds like
+    ``F.conv1d`` (:class:`espnet_snac.kernels.ExactDepthwise`), bit for bit.
     """
 
     def __init__(self, weights: FoldedWeights, lengths: Optional[torch.Tensor] = None, total: int = 0,
-                 exact: bool = True):
+                 exact: bool = True, native: bool = True):
         self.weights = weights
         self.exact = exact
+        self.native = native
         if lengths is not None:  # plain ints: one device sync here instead of one per layer
             lengths = [int(n) for n in (lengths.tolist() if torch.is_tensor(lengths) else lengths)]
         self.lengths = lengths
@@ -234,6 +240,13 @@ class FastPath:
     def conv(self, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         if self.lengths is not None:
             self._zero_tail(x)
+        if self.native and is_same_depthwise(conv) and kernels.usable(x):
+            weight, out = self.weights.get(conv), self.ws.empty(x.shape, x)
+            if not self.exact:
+                return kernels.depthwise_exact(x, weight, conv.bias, conv.dilation[0], True, out)
+            y = kernels.exact_depthwise(x, weight, conv.bias, conv.dilation[0], out)
+            if y is not None:
+                return y
         if not self.exact and conv.stride[0] == 1:
             b, _, t = x.shape
             if conv.kernel_size[0] == 1 and conv.groups == 1 and conv.padding[0] == 0:
@@ -255,7 +268,7 @@ class FastPath:
 
     def residual_unit(self, unit: ResidualUnit, x: torch.Tensor) -> torch.Tensor:
         snake1, conv1, snake2, conv2 = unit.block
-        y = self.conv(conv1, self.snake(x, snake1.alpha))
+        y = self.snake_conv(snake1.alpha, conv1, x)
         y = self.conv(conv2, self.snake(y, snake2.alpha))
         trim = (x.shape[-1] - y.shape[-1]) // 2
         if trim > 0:
@@ -263,7 +276,27 @@ class FastPath:
         return y.add_(x)
 
     def snake(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        return snake(x, alpha, out=self.ws.empty(x.shape, x))
+        out = self.ws.empty(x.shape, x)
+        if self.native and kernels.usable(x):
+            if not self.exact:
+                return kernels.snake(x, alpha, out=out)
+            if kernels.exact_snake.available():
+                return kernels.exact_snake.snake(x, alpha, out=out)
+        return snake(x, alpha, out=out)
+
+    def snake_conv(self, alpha: torch.Tensor, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+        """``conv(snake(x))``; one fused pass when ``conv`` is a depthwise "same" conv."""
+        if self.native and is_same_depthwise(conv) and kernels.usable(x):
+            args = (x, alpha, self.weights.get(conv), conv.bias, conv.dilation[0])
+            if not self.exact:
+                y = kernels.snake_depthwise(*args, out=self.ws.empty(x.shape, x))
+            elif self.lengths is None and kernels.exact_snake.available():
+                y = kernels.exact_snake.snake_depthwise(*args, out=self.ws.empty(x.shape, x))
+            else:
+                y = None
+            if y is not None:
+                return y
+        return self.conv(conv, self.snake(x, alpha))
 
     def noise_block(self, block: NoiseBlock, x: torch.Tensor) -> torch.Tensor:
         """``x + noise * linear(x)`` with the module's own noise draw, accumulated in place."""

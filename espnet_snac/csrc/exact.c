@@ -1,0 +1,142 @@
+/* Encoder kernels that round exactly like torch's ops (espnet_snac/kernels.py).
+ *
+ * The encoder's codes must equal the official package's, so everything it computes must round
+ * exactly like torch. Depthwise convolution: For a depthwise conv (one input channel per group, odd kernel K, dilation d, zero
+ * padding K / 2 * d) every output is a chain of fused multiply-adds over the taps in kernel order,
+ * starting from the bias (oneDNN's jit_dw kernel, used for d = 1) or from zero with the bias added
+ * after the chain (its im2col + GEMM kernel, used for d > 1). Padding taps are skipped: an FMA with
+ * a zero operand leaves the sum unchanged. The caller checks, per layer shape, that the chosen order
+ * reproduces torch's output bit for bit before trusting it (kernels.ExactDepthwise).
+ *
+ * Snake, x + sin(a x)^2 / (a + 1e-9), as torch computes it: the product a x, the sine of the
+ * math library torch uses (MKL's vsSin in torch's CPU builds; passed in as a function pointer and
+ * checked against torch.sin by the caller), squared, times 1 / (a + 1e-9), plus x, each rounded.
+ * Fused with the depthwise conv that follows it, a residual unit's first half is one pass.
+ *
+ * Built without -ffast-math and with -ffp-contract=off: every operation here is the IEEE one.
+ * Layout as in snake.c: rows = batch x channels, row r at x + r * x_stride, samples contiguous.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define TILE 1024
+
+void depthwise_exact_f32(const float *x, int64_t x_stride, float *out, int64_t out_stride,
+                         const float *weight, const float *bias, int64_t rows, int64_t channels,
+                         int64_t T, int64_t K, int64_t dil, int bias_first, int nthreads)
+{
+    const int64_t halo = (K / 2) * dil;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t c = r % channels;
+        const float *xr = x + r * x_stride;
+        float *o = out + r * out_stride;
+        const float *w = weight + c * K;
+        const float b = bias ? bias[c] : 0.0f;
+        const float start = bias_first ? b : 0.0f;
+        float acc[TILE];
+        for (int64_t t0 = 0; t0 < T; t0 += TILE) {
+            const int64_t n = T - t0 < TILE ? T - t0 : TILE;
+            for (int64_t i = 0; i < n; i++)
+                acc[i] = start;
+            for (int64_t k = 0; k < K; k++) {
+                const int64_t first = t0 - halo + k * dil; /* input sample of acc[0] for tap k */
+                const int64_t lo = first < 0 ? (-first < n ? -first : n) : 0;
+                const int64_t hi = first + n > T ? (T - first > lo ? T - first : lo) : n;
+                const float wk = w[k];
+#pragma omp simd
+                for (int64_t i = lo; i < hi; i++)
+                    acc[i] = fmaf(xr[first + i], wk, acc[i]);
+            }
+            if (!bias_first && bias)
+                for (int64_t i = 0; i < n; i++)
+                    acc[i] = acc[i] + b;
+            memcpy(o + t0, acc, (size_t)n * sizeof(float));
+        }
+    }
+}
+
+/* The vector sine torch uses: MKL's Fortran-style vsSin(n, in, out). */
+typedef void (*vsin_fn)(const int *n, const float *in, float *out);
+
+/* buf[i] = snake(xr[first + i]) for i in [lo, hi), zero elsewhere in [0, span) */
+static void snake_exact_span(vsin_fn vsin, const float *xr, int64_t first, int64_t lo, int64_t hi,
+                             int64_t span, float a, float inv, float *buf)
+{
+    for (int64_t i = 0; i < lo; i++)
+        buf[i] = 0.0f;
+    for (int64_t i = hi > lo ? hi : lo; i < span; i++)
+        buf[i] = 0.0f;
+    if (hi <= lo)
+        return;
+    for (int64_t i = lo; i < hi; i++)
+        buf[i] = a * xr[first + i];
+    const int n = (int)(hi - lo);
+    vsin(&n, buf + lo, buf + lo);
+    for (int64_t i = lo; i < hi; i++) {
+        const float s2 = buf[i] * buf[i];
+        buf[i] = s2 * inv + xr[first + i];
+    }
+}
+
+/* out = snake(x), rounding like torch */
+void snake_exact_f32(vsin_fn vsin, const float *x, int64_t x_stride, float *out, int64_t out_stride,
+                     const float *alpha, int64_t rows, int64_t channels, int64_t T, int nthreads)
+{
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float a = alpha[r % channels];
+        const float inv = 1.0f / (a + 1e-9f);
+        for (int64_t t0 = 0; t0 < T; t0 += TILE) {
+            const int64_t n = T - t0 < TILE ? T - t0 : TILE;
+            snake_exact_span(vsin, x + r * x_stride + t0, 0, 0, n, n, a, inv, out + r * out_stride + t0);
+        }
+    }
+}
+
+#define MAX_HALO 1024
+
+/* out = depthwise_exact(snake(x)) in one pass; -1 if the halo is too wide */
+int snake_depthwise_exact_f32(vsin_fn vsin, const float *x, int64_t x_stride, float *out, int64_t out_stride,
+                              const float *alpha, const float *weight, const float *bias, int64_t rows,
+                              int64_t channels, int64_t T, int64_t K, int64_t dil, int bias_first, int nthreads)
+{
+    const int64_t halo = (K / 2) * dil;
+    if (halo > MAX_HALO)
+        return -1;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t c = r % channels;
+        const float a = alpha[c];
+        const float inv = 1.0f / (a + 1e-9f);
+        const float *xr = x + r * x_stride;
+        float *o = out + r * out_stride;
+        const float *w = weight + c * K;
+        const float b = bias ? bias[c] : 0.0f;
+        const float start = bias_first ? b : 0.0f;
+        float s[TILE + 2 * MAX_HALO];
+        float acc[TILE];
+        for (int64_t t0 = 0; t0 < T; t0 += TILE) {
+            const int64_t n = T - t0 < TILE ? T - t0 : TILE;
+            const int64_t first = t0 - halo, span = n + 2 * halo;
+            const int64_t lo = first < 0 ? -first : 0;
+            const int64_t hi = first + span > T ? T - first : span;
+            snake_exact_span(vsin, xr, first, lo, hi, span, a, inv, s);
+            for (int64_t i = 0; i < n; i++)
+                acc[i] = start;
+            for (int64_t k = 0; k < K; k++) {
+                const float wk = w[k];
+                const float *sk = s + k * dil;
+#pragma omp simd
+                for (int64_t i = 0; i < n; i++)
+                    acc[i] = fmaf(sk[i], wk, acc[i]);
+            }
+            if (!bias_first && bias)
+                for (int64_t i = 0; i < n; i++)
+                    acc[i] = acc[i] + b;
+            memcpy(o + t0, acc, (size_t)n * sizeof(float));
+        }
+    }
+    return 0;
+}

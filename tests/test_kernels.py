@@ -1,0 +1,269 @@
+"""Fused decoder kernels (espnet_snac.kernels): parity with the torch ops of the fast path, the
+decoder with and without them, the build cache, and the fallback without a compiler."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import torch
+
+from espnet_snac import fast, kernels
+from espnet_snac.model import SNAC, SNAC_24KHZ
+
+needs_compiler = pytest.mark.skipif(kernels.compiler() is None, reason="no C compiler on this machine")
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch, tmp_path):
+    """Kernels built into a private cache; the process state is restored afterwards."""
+    monkeypatch.setenv("ESPNET_SNAC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ESPNET_SNAC_NATIVE", raising=False)
+    kernels.reset()
+    yield tmp_path / "cache"
+    kernels.reset()
+
+
+def _rows(batch: int, channels: int, length: int, seed: int) -> torch.Tensor:
+    """``(B, C, T)`` whose rows are a slice of a wider buffer (not contiguous, evenly spaced)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, channels, length + 7, generator=g) * 3)[..., 4: 4 + length]
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (1, 16, 1500), (3, 1, 2049), (2, 64, 3000)])
+def test_snake_kernel_matches_torch_ops(fresh_kernels, shape):
+    x = _rows(*shape, seed=sum(shape))
+    alpha = torch.rand(1, shape[1], 1) * 3 + 0.05
+    assert kernels.usable(x) and kernels.status() == "on"
+    got = kernels.snake(x, alpha, out=torch.full(shape, float("nan")))
+    assert torch.allclose(got, fast.snake(x, alpha), atol=1e-5, rtol=1e-5)
+
+
+@needs_compiler
+@pytest.mark.parametrize("length", [1, 5, 40, 1024, 2500])
+@pytest.mark.parametrize("dilation", [1, 3, 9])
+@pytest.mark.parametrize("bias", [True, False])
+def test_snake_depthwise_kernel_matches_torch_ops(fresh_kernels, length, dilation, bias):
+    """One pass equals Snake then the zero-padded depthwise conv, across tile borders (1024) and
+    where the dilated kernel reaches past both ends of a short input."""
+    torch.manual_seed(length + dilation)
+    conv = torch.nn.Conv1d(6, 6, 7, dilation=dilation, padding=3 * dilation, groups=6, bias=bias)
+    x = _rows(2, 6, length, seed=length)
+    alpha = torch.rand(1, 6, 1) * 3 + 0.05
+    with torch.no_grad():
+        want = conv(fast.snake(x, alpha))
+        got = kernels.snake_depthwise(x, alpha, conv.weight, conv.bias, dilation,
+                                      out=torch.full(x.shape, float("nan")))
+    assert got is not None
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@needs_compiler
+def test_snake_depthwise_too_wide_declines(fresh_kernels):
+    x = _rows(1, 2, 50, seed=0)
+    weight = torch.randn(2, 1, 7)
+    alpha = torch.ones(1, 2, 1)
+    assert kernels.snake_depthwise(x, alpha, weight, None, kernels.MAX_HALO, out=torch.empty(x.shape)) is None
+    assert kernels.snake_depthwise(x, alpha, torch.randn(2, 1, 4), None, 1, out=torch.empty(x.shape)) is None
+
+
+@needs_compiler
+def test_usable_layouts(fresh_kernels):
+    x = torch.randn(2, 4, 30)
+    assert kernels.usable(x)
+    assert kernels.usable(x[1:])  # one row block, offset
+    assert not kernels.usable(x.double())
+    assert not kernels.usable(x.transpose(1, 2))  # samples not contiguous
+    assert not kernels.usable(x.transpose(0, 1))  # rows unevenly spaced
+    assert not kernels.usable(x[0])  # not (B, C, T)
+
+
+@needs_compiler
+def test_decoder_with_and_without_kernels(fresh_kernels):
+    """The decoder's fast path with the fused kernels, with torch ops only and the plain modules agree
+    within 1e-4 under one noise seed (batch 1 and 3)."""
+    torch.manual_seed(0)
+    model = SNAC(**dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=64)).eval()
+    for batch in (1, 3):
+        frames = model.num_frames(2 * model.pad_multiple)
+        codes = [torch.randint(0, model.codebook_size, (batch, n)) for n in frames]
+        with torch.inference_mode():
+            assert kernels.status() == "on"
+            native = model.decode(codes, noise_seed=5)
+            os.environ["ESPNET_SNAC_NATIVE"] = "0"
+            kernels.reset()
+            try:
+                assert kernels.status().startswith("off")
+                torch_ops = model.decode(codes, noise_seed=5)
+            finally:
+                del os.environ["ESPNET_SNAC_NATIVE"]
+                kernels.reset()
+            model.fast_inference = False
+            try:
+                plain = model.decode(codes, noise_seed=5)
+            finally:
+                model.fast_inference = True
+        assert (native - torch_ops).abs().max().item() <= 1e-4
+        assert (native - plain).abs().max().item() <= 1e-4
+
+
+@needs_compiler
+def test_build_is_cached_and_follows_umask(fresh_kernels):
+    old = os.umask(0o027)
+    try:
+        assert kernels.load() is not None
+    finally:
+        os.umask(old)
+    (lib,) = fresh_kernels.glob("kernels/*/libsnake.so")
+    assert stat.S_IMODE(lib.stat().st_mode) & 0o027 == 0  # nothing for others, no group write
+    assert not list(lib.parent.glob(".*.tmp"))
+    built = lib.stat().st_mtime_ns
+    kernels.reset()
+    assert kernels.load() is not None
+    assert lib.stat().st_mtime_ns == built  # loaded from the cache, not rebuilt
+
+
+def test_no_compiler_falls_back_to_torch_ops(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    monkeypatch.setenv("PATH", str(fresh_kernels))  # nothing to find
+    kernels.reset()
+    assert kernels.load() is None
+    assert kernels.status() == "off (no C compiler found (set CC, or install gcc))"
+    x = torch.randn(1, 4, 20)
+    assert not kernels.usable(x)
+    path = fast.FastPath(fast.FoldedWeights(), exact=False)
+    assert torch.equal(path.snake(x, torch.ones(1, 4, 1)), fast.snake(x, torch.ones(1, 4, 1)))
+
+
+def test_failing_compiler_is_reported(fresh_kernels, monkeypatch, tmp_path):
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\necho 'cc: fatal error: out of licences' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    kernels.reset()
+    assert kernels.load() is None
+    assert "cannot compile the fused kernels" in kernels.status()
+    assert "out of licences" in kernels.status()
+    assert not list(fresh_kernels.rglob("*.so")) and not list(fresh_kernels.rglob(".*.tmp"))
+
+
+def test_switched_off_by_environment(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("ESPNET_SNAC_NATIVE", "0")
+    kernels.reset()
+    assert kernels.status() == "off (ESPNET_SNAC_NATIVE=0)"
+    assert not list(fresh_kernels.rglob("*.so"))
+
+
+@needs_compiler
+def test_loading_keeps_denormals(fresh_kernels):
+    """Loading the library must not switch the process to flush-to-zero (``-ffast-math`` at link
+    time would: crtfastmath.o), which would change every other result, codes included."""
+    tiny = torch.tensor([1e-39])
+    assert (tiny * 1).item() != 0.0
+    assert kernels.load() is not None
+    assert (tiny * 1).item() != 0.0
+
+
+@needs_compiler
+@pytest.mark.parametrize("length", [1, 7, 40, 1024, 3000])
+@pytest.mark.parametrize("dilation", [1, 3, 9])
+@pytest.mark.parametrize("bias", [True, False])
+def test_exact_depthwise_rounds_like_conv1d(fresh_kernels, length, dilation, bias):
+    """Where a tap order is found for a shape, every output equals F.conv1d's bit for bit; on this
+    machine's oneDNN kernels one is found for every shape the encoder uses."""
+    torch.manual_seed(length * dilation)
+    conv = torch.nn.Conv1d(48, 48, 7, dilation=dilation, padding=3 * dilation, groups=48, bias=bias)
+    x = _rows(1, 48, length, seed=dilation)
+    with torch.no_grad():
+        want = conv(x)
+        got = kernels.ExactDepthwise()(x, conv.weight, conv.bias, dilation, out=torch.full(x.shape, float("nan")))
+    if got is None:
+        pytest.skip(f"this CPU's oneDNN kernel for {tuple(x.shape)}, dilation {dilation} has another rounding order")
+    assert torch.equal(got, want)
+
+
+@needs_compiler
+def test_exact_depthwise_falls_back_when_no_order_matches(fresh_kernels, monkeypatch):
+    """A shape whose probe matches neither order keeps F.conv1d: the encoder's output is still
+    bit-identical to the plain modules."""
+    real = kernels.depthwise_exact
+    monkeypatch.setattr(kernels, "depthwise_exact",
+                        lambda x, w, b, d, first, out: real(x, w, b, d, first, out).add_(1e-3))
+    monkeypatch.setattr(kernels, "exact_depthwise", kernels.ExactDepthwise())
+    x = _rows(1, 8, 300, seed=1)
+    assert kernels.exact_depthwise(x, torch.randn(8, 1, 7), torch.randn(8), 3, out=torch.empty(x.shape)) is None
+    torch.manual_seed(0)
+    model = SNAC(**dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32)).eval()
+    audio = torch.randn(1, 1, 4096)
+    with torch.inference_mode():
+        fast_z = fast.FastPath(fast.FoldedWeights()).run(model.encoder, audio.clone())
+        plain_z = model.encoder(audio)
+    assert torch.equal(fast_z, plain_z)
+
+
+@needs_compiler
+@pytest.mark.parametrize("threads", [1, 2])
+def test_encoder_latents_bit_identical_with_kernels(fresh_kernels, threads):
+    """The encoder's fast path with the exact depthwise kernel gives the plain modules' latents bit
+    for bit (hence their codes), at 1 and 2 threads (oneDNN's rounding order depends on both)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = SNAC(**dict(SNAC_24KHZ, encoder_dim=16, decoder_dim=32)).eval()
+        audio = torch.randn(2, 1, 3 * 4096) * 0.3
+        with torch.inference_mode():
+            fast_z = fast.FastPath(fast.FoldedWeights()).run(model.encoder, audio.clone())
+            plain_z = model.encoder(audio)
+        assert kernels.status() == "on"
+        assert torch.equal(fast_z, plain_z)
+    finally:
+        torch.set_num_threads(old)
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (1, 16, 1500), (3, 1, 2049)])
+def test_exact_snake_is_bit_identical(fresh_kernels, shape):
+    snake = kernels.ExactSnake()
+    if not snake.available():
+        pytest.skip("this torch build's sine is not MKL's vsSin")
+    x = _rows(*shape, seed=sum(shape)) * 10
+    alpha = torch.rand(1, shape[1], 1) * 3 + 0.05
+    want = x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+    assert torch.equal(snake.snake(x, alpha, out=torch.full(shape, float("nan"))), want)
+
+
+@needs_compiler
+@pytest.mark.parametrize("length", [1, 40, 2500])
+@pytest.mark.parametrize("dilation", [1, 9])
+def test_exact_snake_depthwise_is_bit_identical(fresh_kernels, length, dilation):
+    snake = kernels.ExactSnake()
+    if not snake.available():
+        pytest.skip("this torch build's sine is not MKL's vsSin")
+    torch.manual_seed(length)
+    conv = torch.nn.Conv1d(16, 16, 7, dilation=dilation, padding=3 * dilation, groups=16)
+    x = _rows(1, 16, length, seed=length)
+    alpha = torch.rand(1, 16, 1) * 3 + 0.05
+    with torch.no_grad():
+        want = conv(fast.snake(x, alpha))
+        got = snake.snake_depthwise(x, alpha, conv.weight, conv.bias, dilation, out=torch.full(x.shape, float("nan")))
+    if got is None:
+        pytest.skip("no exact depthwise order for this shape on this CPU")
+    assert torch.equal(got, want)
+
+
+@needs_compiler
+def test_encoder_without_exact_snake_uses_torch_ops(fresh_kernels, monkeypatch):
+    """Where the probe fails (another sine), the encoder keeps torch's Snake and stays bit-identical."""
+    snake = kernels.ExactSnake()
+    monkeypatch.setattr(snake, "_probe", lambda: False)
+    monkeypatch.setattr(kernels, "exact_snake", snake)
+    torch.manual_seed(0)
+    model = SNAC(**dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32)).eval()
+    audio = torch.randn(1, 1, 4096)
+    with torch.inference_mode():
+        fast_z = fast.FastPath(fast.FoldedWeights()).run(model.encoder, audio.clone())
+        plain_z = model.encoder(audio)
+    assert not snake.available()
+    assert torch.equal(fast_z, plain_z)
