@@ -216,7 +216,8 @@ def main() -> None:
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"device {device} ({where}), torch {torch.__version__}, snac {getattr(official_pkg, '__version__', '?')}")
     if device.type == "cpu":
-        print(f"fused decoder kernels (espnet_snac.kernels): {kernels.status()}")
+        exact = "on" if kernels.status() == "on" and kernels.exact_snake.available() else "off"
+        print(f"fused kernels (espnet_snac.kernels): {kernels.status()}; encoder Snake exact kernel: {exact}")
     joined = f", joined into files of >= {args.join_seconds:g} s" if args.join_seconds > 0 else ""
     print(f"audio: {len(audios)} utterances, {seconds:.1f} s ({args.wav_scp or 'local/demo_corpus'}{joined}); "
           f"ours batch_size {args.batch_size}; {args.repeats} alternating repeats, median")
