@@ -121,7 +121,7 @@ def _build() -> ctypes.CDLL:
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    texts = [(CSRC / name).read_text() for name in SOURCES]
+    texts = [path.read_text() for path in sorted(CSRC.glob("*.[ch]"))]  # sources and their header
     key = hashlib.sha256("\0".join([*texts, cc, _compiler_version(cc), _cpu_signature(), repr(SOURCES),
                                     repr(FLAG_SETS)]).encode()).hexdigest()[:16]
     target = cache_dir() / "kernels" / key / "libsnake.so"

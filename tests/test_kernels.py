@@ -24,6 +24,15 @@ def fresh_kernels(monkeypatch, tmp_path):
     kernels.reset()
 
 
+def _encoder_fast_and_plain(encoder_dim: int, batch: int, samples: int):
+    """Latents of one random small SNAC-24k encoder through the fast path and the plain modules."""
+    torch.manual_seed(0)
+    model = SNAC(**dict(SNAC_24KHZ, encoder_dim=encoder_dim, decoder_dim=32)).eval()
+    audio = torch.randn(batch, 1, samples) * 0.3
+    with torch.inference_mode():
+        return fast.FastPath(fast.FoldedWeights()).run(model.encoder, audio.clone()), model.encoder(audio)
+
+
 def _rows(batch: int, channels: int, length: int, seed: int) -> torch.Tensor:
     """``(B, C, T)`` whose rows are a slice of a wider buffer (not contiguous, evenly spaced)."""
     g = torch.Generator().manual_seed(seed)
@@ -193,12 +202,7 @@ def test_exact_depthwise_falls_back_when_no_order_matches(fresh_kernels, monkeyp
     monkeypatch.setattr(kernels, "exact_depthwise", kernels.ExactDepthwise())
     x = _rows(1, 8, 300, seed=1)
     assert kernels.exact_depthwise(x, torch.randn(8, 1, 7), torch.randn(8), 3, out=torch.empty(x.shape)) is None
-    torch.manual_seed(0)
-    model = SNAC(**dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32)).eval()
-    audio = torch.randn(1, 1, 4096)
-    with torch.inference_mode():
-        fast_z = fast.FastPath(fast.FoldedWeights()).run(model.encoder, audio.clone())
-        plain_z = model.encoder(audio)
+    fast_z, plain_z = _encoder_fast_and_plain(8, 1, 4096)
     assert torch.equal(fast_z, plain_z)
 
 
@@ -210,12 +214,7 @@ def test_encoder_latents_bit_identical_with_kernels(fresh_kernels, threads):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        torch.manual_seed(0)
-        model = SNAC(**dict(SNAC_24KHZ, encoder_dim=16, decoder_dim=32)).eval()
-        audio = torch.randn(2, 1, 3 * 4096) * 0.3
-        with torch.inference_mode():
-            fast_z = fast.FastPath(fast.FoldedWeights()).run(model.encoder, audio.clone())
-            plain_z = model.encoder(audio)
+        fast_z, plain_z = _encoder_fast_and_plain(16, 2, 3 * 4096)
         assert kernels.status() == "on"
         assert torch.equal(fast_z, plain_z)
     finally:
@@ -259,11 +258,6 @@ def test_encoder_without_exact_snake_uses_torch_ops(fresh_kernels, monkeypatch):
     snake = kernels.ExactSnake()
     monkeypatch.setattr(snake, "_probe", lambda: False)
     monkeypatch.setattr(kernels, "exact_snake", snake)
-    torch.manual_seed(0)
-    model = SNAC(**dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32)).eval()
-    audio = torch.randn(1, 1, 4096)
-    with torch.inference_mode():
-        fast_z = fast.FastPath(fast.FoldedWeights()).run(model.encoder, audio.clone())
-        plain_z = model.encoder(audio)
+    fast_z, plain_z = _encoder_fast_and_plain(8, 1, 4096)
     assert not snake.available()
     assert torch.equal(fast_z, plain_z)

@@ -20,7 +20,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define TILE 1024
+#include "tiles.h"
 
 void depthwise_exact_f32(const float *x, int64_t x_stride, float *out, int64_t out_stride,
                          const float *weight, const float *bias, int64_t rows, int64_t channels,
@@ -60,23 +60,20 @@ void depthwise_exact_f32(const float *x, int64_t x_stride, float *out, int64_t o
 /* The vector sine torch uses: MKL's Fortran-style vsSin(n, in, out). */
 typedef void (*vsin_fn)(const int *n, const float *in, float *out);
 
-/* buf[i] = snake(xr[first + i]) for i in [lo, hi), zero elsewhere in [0, span) */
-static void snake_exact_span(vsin_fn vsin, const float *xr, int64_t first, int64_t lo, int64_t hi,
-                             int64_t span, float a, float inv, float *buf)
+/* buf[i] = snake(xr[tl.first + i]) for i in [tl.lo, tl.hi), zero elsewhere in [0, tl.span) */
+static void snake_exact_span(vsin_fn vsin, const float *xr, tile_t tl, float a, float inv, float *buf)
 {
-    for (int64_t i = 0; i < lo; i++)
+    for (int64_t i = 0; i < tl.lo; i++)
         buf[i] = 0.0f;
-    for (int64_t i = hi > lo ? hi : lo; i < span; i++)
+    for (int64_t i = tl.hi; i < tl.span; i++)
         buf[i] = 0.0f;
-    if (hi <= lo)
-        return;
-    for (int64_t i = lo; i < hi; i++)
-        buf[i] = a * xr[first + i];
-    const int n = (int)(hi - lo);
-    vsin(&n, buf + lo, buf + lo);
-    for (int64_t i = lo; i < hi; i++) {
+    for (int64_t i = tl.lo; i < tl.hi; i++)
+        buf[i] = a * xr[tl.first + i];
+    const int n = (int)(tl.hi - tl.lo);
+    vsin(&n, buf + tl.lo, buf + tl.lo);
+    for (int64_t i = tl.lo; i < tl.hi; i++) {
         const float s2 = buf[i] * buf[i];
-        buf[i] = s2 * inv + xr[first + i];
+        buf[i] = s2 * inv + xr[tl.first + i];
     }
 }
 
@@ -88,14 +85,10 @@ void snake_exact_f32(vsin_fn vsin, const float *x, int64_t x_stride, float *out,
     for (int64_t r = 0; r < rows; r++) {
         const float a = alpha[r % channels];
         const float inv = 1.0f / (a + 1e-9f);
-        for (int64_t t0 = 0; t0 < T; t0 += TILE) {
-            const int64_t n = T - t0 < TILE ? T - t0 : TILE;
-            snake_exact_span(vsin, x + r * x_stride + t0, 0, 0, n, n, a, inv, out + r * out_stride + t0);
-        }
+        for (int64_t t0 = 0; t0 < T; t0 += TILE)
+            snake_exact_span(vsin, x + r * x_stride, tile_at(t0, T, 0), a, inv, out + r * out_stride + t0);
     }
 }
-
-#define MAX_HALO 1024
 
 /* out = depthwise_exact(snake(x)) in one pass; -1 if the halo is too wide */
 int snake_depthwise_exact_f32(vsin_fn vsin, const float *x, int64_t x_stride, float *out, int64_t out_stride,
@@ -118,11 +111,9 @@ int snake_depthwise_exact_f32(vsin_fn vsin, const float *x, int64_t x_stride, fl
         float s[TILE + 2 * MAX_HALO];
         float acc[TILE];
         for (int64_t t0 = 0; t0 < T; t0 += TILE) {
-            const int64_t n = T - t0 < TILE ? T - t0 : TILE;
-            const int64_t first = t0 - halo, span = n + 2 * halo;
-            const int64_t lo = first < 0 ? -first : 0;
-            const int64_t hi = first + span > T ? T - first : span;
-            snake_exact_span(vsin, xr, first, lo, hi, span, a, inv, s);
+            const tile_t tl = tile_at(t0, T, halo);
+            const int64_t n = tl.n;
+            snake_exact_span(vsin, xr, tl, a, inv, s);
             for (int64_t i = 0; i < n; i++)
                 acc[i] = start;
             for (int64_t k = 0; k < K; k++) {

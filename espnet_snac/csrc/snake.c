@@ -14,8 +14,7 @@
 #include <string.h>
 #include <math.h>
 
-#define TILE 1024
-#define MAX_HALO 1024
+#include "tiles.h"
 
 static inline float snake1(float x, float a, float inv)
 {
@@ -60,17 +59,15 @@ int snake_depthwise_f32(const float *x, int64_t x_stride, float *out, int64_t ou
         float s[TILE + 2 * MAX_HALO]; /* snake of the tile and its halo, zero outside [0, T) */
         float acc[TILE];
         for (int64_t t0 = 0; t0 < T; t0 += TILE) {
-            const int64_t n = T - t0 < TILE ? T - t0 : TILE;
-            const int64_t first = t0 - halo, span = n + 2 * halo;
-            const int64_t lo = first < 0 ? -first : 0;
-            const int64_t hi = first + span > T ? T - first : span;
-            for (int64_t i = 0; i < lo; i++)
+            const tile_t tl = tile_at(t0, T, halo);
+            const int64_t n = tl.n;
+            for (int64_t i = 0; i < tl.lo; i++)
                 s[i] = 0.0f;
-            for (int64_t i = hi > lo ? hi : lo; i < span; i++)
+            for (int64_t i = tl.hi; i < tl.span; i++)
                 s[i] = 0.0f;
 #pragma omp simd
-            for (int64_t i = lo; i < hi; i++)
-                s[i] = snake1(xr[first + i], a, inv);
+            for (int64_t i = tl.lo; i < tl.hi; i++)
+                s[i] = snake1(xr[tl.first + i], a, inv);
             for (int64_t i = 0; i < n; i++)
                 acc[i] = b;
             for (int64_t k = 0; k < K; k++) {
