@@ -1,13 +1,16 @@
-"""Fused CPU kernels for the decoder's fast path (``csrc/snake.c``), compiled on first use.
+"""Fused CPU kernels of the inference fast path (``csrc/``), compiled on first use.
 
-Snake and the depthwise convolution after it are elementwise-bound on CPU (about 40 % of a decode
-as torch ops, each a full pass over memory). The C kernels do each residual unit's Snake + depthwise
-conv in one pass and a lone Snake in one pass (3-4x faster per call). They are built with the
-system C compiler (``$CC``, else ``cc`` / ``gcc``: about 0.3 s, no torch headers) into a cache keyed
-by the source, the compiler and the CPU, and loaded with ctypes; OpenMP threads follow
-``torch.get_num_threads()``. Without a compiler, or with ``ESPNET_SNAC_NATIVE=0``, the fast path
-uses torch ops instead (same results up to float rounding); :func:`status` says which and why.
+Decoder (``snake.c``): each residual unit's Snake + depthwise conv in one pass over L1-sized tiles,
+and a lone Snake in one pass, with the compiler's vectorised sine (3-4x faster per call than the
+torch ops; rounding differs by about 1e-6, which the decoder allows). Encoder (``exact.c``): the
+depthwise convolutions and Snakes rounded exactly like torch's, because codes must not move:
+:class:`ExactDepthwise` learns oneDNN's tap order per layer shape from a probe, :class:`ExactSnake`
+calls the sine torch itself uses (MKL's ``vsSin``) after checking it against ``torch.sin``.
 
+The sources are built with the system C compiler (``$CC``, else ``cc`` / ``gcc``: about a second,
+no torch headers) into a cache keyed by the sources, the compiler and the CPU, and loaded with
+ctypes; OpenMP threads follow ``torch.get_num_threads()``. Without a compiler, or with
+``ESPNET_SNAC_NATIVE=0``, the fast path uses torch ops instead; :func:`status` says which and why.
 The cache directory is ``$ESPNET_SNAC_CACHE``, else ``$XDG_CACHE_HOME/espnet_snac``, else
 ``~/.cache/espnet_snac``; a directory we cannot write falls back to a private temporary one.
 """
@@ -32,8 +35,8 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-# Each source with its own flags: the fused decoder kernels may round freely (-ffast-math lets
-# glibc's libmvec vectorise sinf); the exact depthwise conv must not (IEEE operations only).
+# Each source with its own flags: the decoder's kernels may round freely (-ffast-math lets glibc's
+# libmvec vectorise sinf); the encoder's must not (IEEE operations only, no contraction to FMA).
 SOURCES: Dict[str, Sequence[str]] = {
     "snake.c": ("-ffast-math",),
     "exact.c": ("-fno-fast-math", "-ffp-contract=off"),
@@ -47,7 +50,7 @@ FLAG_SETS: Sequence[Tuple[Sequence[str], Sequence[str]]] = (
     (("-O3", "-march=native", "-fopenmp"), ("-fopenmp", "-lm")),
     (("-O3", "-fopenmp"), ("-fopenmp", "-lm")),
 )
-MAX_HALO = 1024  # csrc/snake.c: widest depthwise halo (K // 2 * dilation) the fused kernel takes
+MAX_HALO = 1024  # csrc/tiles.h: widest depthwise halo (K // 2 * dilation) the fused kernels take
 
 _lib: Optional[ctypes.CDLL] = None
 _status: Optional[str] = None
@@ -129,7 +132,7 @@ def _build() -> ctypes.CDLL:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             _compile(cc, target)
-        except PermissionError:  # read-only cache: build privately for this process
+        except OSError:  # cache not writable (permissions, read-only file system): build privately
             target = Path(tempfile.mkdtemp(prefix="espnet_snac_kernels_")) / "libsnake.so"
             _compile(cc, target)
     lib = ctypes.CDLL(str(target))
@@ -164,12 +167,12 @@ def load() -> Optional[ctypes.CDLL]:
                 _status = "on"
             except (OSError, RuntimeError) as exc:
                 _status = f"off ({exc})"
-                log.info("fused decoder kernels unavailable, using torch ops: %s", exc)
+                log.info("fused kernels unavailable, using torch ops: %s", exc)
     return _lib
 
 
 def status() -> str:
-    """``"on"`` or ``"off (reason)"``: whether the decoder's fast path uses the fused kernels."""
+    """``"on"`` or ``"off (reason)"``: whether the fast path uses the fused kernels."""
     load()
     return _status or "off"
 
@@ -183,7 +186,7 @@ def reset() -> None:
 def _loaded() -> ctypes.CDLL:
     lib = load()
     if lib is None:
-        raise RuntimeError(f"fused decoder kernels are {status()}; check kernels.usable() first")
+        raise RuntimeError(f"fused kernels are {status()}; check kernels.usable() first")
     return lib
 
 
@@ -193,6 +196,16 @@ def _row_stride(x: torch.Tensor) -> Optional[int]:
     if c == 1:
         return x.stride(0) if b > 1 else t
     return x.stride(1) if b == 1 or x.stride(0) == c * x.stride(1) else None
+
+
+def _flat(t: Optional[torch.Tensor], *shape: int) -> Optional[torch.Tensor]:
+    """A per-channel parameter as a contiguous ``shape`` tensor (the caller keeps it alive while C
+    reads it), or None."""
+    return None if t is None else t.detach().reshape(*shape).contiguous()
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
 
 
 def usable(x: torch.Tensor) -> bool:
@@ -205,9 +218,9 @@ def snake(x: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor) -> torch.Tens
     """``x + sin(alpha x)^2 / (alpha + 1e-9)`` into ``out`` (same shape, contiguous, not overlapping
     ``x``, which must be :func:`usable`)."""
     b, c, t = x.shape
-    alpha = alpha.detach().reshape(c).contiguous()
+    alpha = _flat(alpha, c)
     _loaded().snake_f32(x.data_ptr(), _row_stride(x), out.data_ptr(), t, alpha.data_ptr(), b * c, c, t,
-                   torch.get_num_threads())
+                        torch.get_num_threads())
     return out
 
 
@@ -220,11 +233,10 @@ def snake_depthwise(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, 
     k = weight.shape[-1]
     if k % 2 == 0 or k // 2 * dilation > MAX_HALO:
         return None
-    alpha = alpha.detach().reshape(c).contiguous()
-    weight = weight.detach().reshape(c, k).contiguous()
-    bias = None if bias is None else bias.detach().contiguous()  # kept alive through the call
+    alpha, weight, bias = _flat(alpha, c), _flat(weight, c, k), _flat(bias, c)
     rc = _loaded().snake_depthwise_f32(x.data_ptr(), _row_stride(x), out.data_ptr(), t, alpha.data_ptr(),
-                                  weight.data_ptr(), None if bias is None else bias.data_ptr(), b * c, c, t, k, dilation, torch.get_num_threads())
+                                       weight.data_ptr(), _ptr(bias), b * c, c, t, k, dilation,
+                                       torch.get_num_threads())
     return out if rc == 0 else None
 
 
@@ -235,10 +247,9 @@ def depthwise_exact(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     (``bias_first``) or from zero with the bias added last."""
     b, c, t = x.shape
     k = weight.shape[-1]
-    weight = weight.detach().reshape(c, k).contiguous()
-    bias = None if bias is None else bias.detach().contiguous()  # kept alive through the call
+    weight, bias = _flat(weight, c, k), _flat(bias, c)
     _loaded().depthwise_exact_f32(x.data_ptr(), _row_stride(x), out.data_ptr(), t, weight.data_ptr(),
-                                  None if bias is None else bias.data_ptr(), b * c, c, t, k, dilation,
+                                  _ptr(bias), b * c, c, t, k, dilation,
                                   int(bias_first), torch.get_num_threads())
     return out
 
@@ -340,7 +351,7 @@ class ExactSnake:
 
     def snake(self, x: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         b, c, t = x.shape
-        alpha = alpha.detach().reshape(c).contiguous()
+        alpha = _flat(alpha, c)
         _loaded().snake_exact_f32(self._vsin, x.data_ptr(), _row_stride(x), out.data_ptr(), t, alpha.data_ptr(),
                                   b * c, c, t, torch.get_num_threads())
         return out
@@ -353,12 +364,10 @@ class ExactSnake:
         if bias_first is None or k // 2 * dilation > MAX_HALO:
             return None
         b, c, t = x.shape
-        alpha = alpha.detach().reshape(c).contiguous()
-        weight = weight.detach().reshape(c, k).contiguous()
-        bias = None if bias is None else bias.detach().contiguous()
+        alpha, weight, bias = _flat(alpha, c), _flat(weight, c, k), _flat(bias, c)
         rc = _loaded().snake_depthwise_exact_f32(
             self._vsin, x.data_ptr(), _row_stride(x), out.data_ptr(), t, alpha.data_ptr(), weight.data_ptr(),
-            None if bias is None else bias.data_ptr(), b * c, c, t, k, dilation, int(bias_first),
+            _ptr(bias), b * c, c, t, k, dilation, int(bias_first),
             torch.get_num_threads())
         return out if rc == 0 else None
 

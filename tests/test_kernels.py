@@ -1,5 +1,6 @@
-"""Fused decoder kernels (espnet_snac.kernels): parity with the torch ops of the fast path, the
-decoder with and without them, the build cache, and the fallback without a compiler."""
+"""Fused CPU kernels (espnet_snac.kernels): parity with the torch ops of the fast path (bit for bit
+for the encoder's), the decoder with and without them, the build cache, and the fallback without a
+compiler."""
 from __future__ import annotations
 
 import os
