@@ -194,6 +194,27 @@ count_lines() { if [ -f "$1" ]; then wc -l < "$1" | tr -d ' '; else echo 0; fi; 
 # Lines of a rejected.tsv without its header.
 count_rejected() { if [ -f "$1" ]; then grep -vc '^utt_id	' "$1" || true; else echo 0; fi; }
 
+# Before a (resumed) training run of stage 4 or 8.3 in EXP: say how it continues, keep earlier logs
+# (train.log -> train.1.log -> train.2.log ...). start_training LABEL EXP STATE
+start_training() {
+    local label=$1 exp=$2 state=$3 n i
+    mkdir -p "$exp"
+    [ "$state" = stale ] && log "${label}: config, data or options changed since the last training; continuing it"
+    [ -f "${exp}/checkpoint.pth" ] && log "${label}: resuming from ${exp}/checkpoint.pth"
+    if [ -f "${exp}/train.log" ]; then
+        n=1
+        while [ -e "${exp}/train.${n}.log" ]; do n=$((n + 1)); done
+        for ((i = n; i > 1; i--)); do mv "${exp}/train.$((i - 1)).log" "${exp}/train.${i}.log"; done
+        mv "${exp}/train.log" "${exp}/train.1.log"
+    fi
+    return 0
+}
+
+# After it: the model the run must leave. end_training LABEL EXP
+end_training() {
+    [ -e "${2}/latest.pth" ] || die "${1}: training ended without a model (${2}/latest.pth)"
+}
+
 resolve_model() {
     # The checkpoint used by stages 5-7.
     if [ -n "$inference_model" ]; then
@@ -340,16 +361,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     if [ "$state" = done ]; then
         log "Stage 4: training in ${codec_exp} already finished; skipping"
     else
-        mkdir -p "$codec_exp"
-        [ "$state" = stale ] && log "Stage 4: config or options changed since the last training; continuing it"
-        [ -f "${codec_exp}/checkpoint.pth" ] && log "Stage 4: resuming from ${codec_exp}/checkpoint.pth"
-        # Keep earlier logs: train.log -> train.1.log -> train.2.log ...
-        if [ -f "${codec_exp}/train.log" ]; then
-            n=1
-            while [ -e "${codec_exp}/train.${n}.log" ]; do n=$((n + 1)); done
-            for ((i = n; i > 1; i--)); do mv "${codec_exp}/train.$((i - 1)).log" "${codec_exp}/train.${i}.log"; done
-            mv "${codec_exp}/train.log" "${codec_exp}/train.1.log"
-        fi
+        start_training "Stage 4" "$codec_exp" "$state"
         printf '%s--stage 4 "$@"\n' "$run_args" > "${codec_exp}/run.sh"
         chmod +x "${codec_exp}/run.sh"
 
@@ -395,7 +407,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         run_train "${codec_exp}/train.log" \
             "$python" -m espnet_snac.bin.gan_codec_train "${opts[@]}" ${train_args} ||
             { tail -n 30 "${codec_exp}/train.log" >&2; die "Stage 4: training failed (log: ${codec_exp}/train.log)"; }
-        [ -e "${codec_exp}/latest.pth" ] || die "Stage 4: training ended without a model (${codec_exp}/latest.pth)"
+        end_training "Stage 4" "$codec_exp"
         log "Stage 4: training finished in $(( $(date +%s) - start )) s; models in ${codec_exp}"
         echo "$fp" > "$marker"
     fi
@@ -663,10 +675,7 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
     if [ "$state" = done ]; then
         log "Stage 8: LM training in ${lm_exp} already finished; skipping"
     else
-        mkdir -p "$lm_exp"
-        [ "$state" = stale ] && log "Stage 8: LM config, data or options changed since the last training; continuing it"
-        [ -f "${lm_exp}/checkpoint.pth" ] && log "Stage 8: resuming the LM from ${lm_exp}/checkpoint.pth"
-        [ -f "${lm_exp}/train.log" ] && mv "${lm_exp}/train.log" "${lm_exp}/train.$(date +%s).log"
+        start_training "Stage 8" "$lm_exp" "$state"
         log "Stage 8: training the LM ${lm_exp} with ${lm_config} (espnet2.bin.lm_train; log: ${lm_exp}/train.log)"
         start=$(date +%s)
         # shellcheck disable=SC2086
@@ -676,7 +685,7 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
                 --valid_shape_file "${lm_stats}/valid/text_shape" \
                 --resume true --output_dir "$lm_exp" --ngpu "$_ngpu" ${lm_args} ||
             { tail -n 30 "${lm_exp}/train.log" >&2; die "Stage 8: LM training failed (log: ${lm_exp}/train.log)"; }
-        [ -e "${lm_exp}/latest.pth" ] || die "Stage 8: LM training ended without a model (${lm_exp}/latest.pth)"
+        end_training "Stage 8" "$lm_exp"
         # ESPnet logs "Nepoch results: [train] ..., loss=X, ..." once per epoch.
         losses=$(sed -n 's/.*epoch results: \[train\][^[]* loss=\([^,]*\),.*/\1/p' "${lm_exp}/train.log" | tr '\n' ' ')
         log "Stage 8: LM trained in $(( $(date +%s) - start )) s; train loss per epoch: ${losses:-none logged}"
