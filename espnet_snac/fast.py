@@ -13,13 +13,15 @@ fresh memory whose first write page-faults. This path walks the same modules and
 - residual sums in place (``y += x``, bit-identical to ``x + y``).
 
 Encoder outputs, hence codes, are bit-identical to the plain modules: its convolutions are the plain
-``F.conv1d`` calls, because any other algorithm rounds differently, and about one code in 10^4 sits
-within 1e-6 of a tie (README, "Speed"). The decoder additionally runs kernel-1 convolutions (also
-the NoiseBlocks' projection) as GEMMs, transposed convolutions as GEMMs over polyphase weights
-(the CPU conv kernels re-layout wide weights on every call) and, on CPU, the depthwise convolutions
-as multiply-adds over shifted views, or, where a C compiler is at hand, Snake and each residual
-unit's Snake + depthwise conv as fused one-pass kernels (:mod:`espnet_snac.kernels`); equal up to
-float rounding, checked to 1e-4 by the tests. The NoiseBlocks draw their noise through the module (same generator, same order). LocalMHA
+``F.conv1d`` calls, or kernels proven to round like them (:mod:`espnet_snac.kernels`), because any
+other algorithm rounds differently, and about one code in 10^4 sits within 1e-6 of a tie (README,
+"Speed"). The decoder additionally runs kernel-1 convolutions (also the NoiseBlocks' projection)
+as GEMMs, each residual unit's last one accumulated straight into the unit's input; transposed
+convolutions as one GEMM over polyphase weights and the stacked shifted inputs (the CPU conv
+kernels re-layout wide weights on every call); on CPU the depthwise convolutions as multiply-adds
+over shifted views, or, where a C compiler is at hand, Snake and each residual unit's Snake +
+depthwise conv as fused one-pass kernels. All equal up to float rounding, checked to 1e-4 by the
+tests. The NoiseBlocks draw their noise through the module (same generator, same order). LocalMHA
 is called as usual. Everything else - state-dict keys, checkpoints, training - stays on the plain
 path.
 """
@@ -124,7 +126,8 @@ class FoldedWeights:
 
 
 def polyphase_weight(weight: torch.Tensor, stride: int) -> torch.Tensor:
-    """ConvTranspose1d weight ``(C_in, C_out, K)`` -> Conv1d weight ``(stride * C_out, C_in, M)``.
+    """ConvTranspose1d weight ``(C_in, C_out, K)`` -> stride-1 conv weight ``(stride * C_out, M, C_in)``
+    in the tap-major layout of :func:`conv_taps`.
 
     A transposed convolution with stride ``s`` writes output sample ``q * s + r`` from inputs
     ``q - m`` through tap ``m * s + r``. Grouping the taps by phase ``r`` gives ``s`` ordinary
@@ -135,7 +138,7 @@ def polyphase_weight(weight: torch.Tensor, stride: int) -> torch.Tensor:
     taps = math.ceil(k / stride)
     w = F.pad(weight, (0, taps * stride - k))  # (C_in, C_out, M * s), zero taps past K
     w = w.reshape(c_in, c_out, taps, stride).flip(2)  # [ci, co, j, r] = tap (M-1-j) * s + r
-    return w.permute(3, 1, 0, 2).reshape(stride * c_out, c_in, taps).contiguous()
+    return w.permute(3, 1, 2, 0).reshape(stride * c_out, taps, c_in).contiguous()
 
 
 def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -146,16 +149,23 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     return y if bias is None else y.add_(bias[:, None])
 
 
-def conv_taps(x: torch.Tensor, weight: torch.Tensor, pad: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Stride-1, ungrouped conv with a short kernel as one GEMM per tap (see :func:`pointwise`),
-    accumulated in place into ``out`` ``(B, C_out, T + 2 pad - K + 1)``."""
-    taps = weight.shape[-1]
-    x = F.pad(x, (pad, pad))
-    length = x.shape[-1] - taps + 1
-    y = torch.matmul(weight[:, :, 0], x[..., :length], out=out)
-    for j in range(1, taps):
-        y.baddbmm_(weight[:, :, j].expand(x.shape[0], -1, -1), x[..., j: j + length])
-    return y
+def conv_taps(x: torch.Tensor, weight: torch.Tensor, pad: int, out: Optional[torch.Tensor] = None,
+              ws: Optional["Workspace"] = None) -> torch.Tensor:
+    """Stride-1, ungrouped conv with a short kernel, zero padding ``pad``, as one GEMM over the
+    stacked shifted inputs: ``weight (C_out, K, C_in)`` (tap-major, see :func:`polyphase_weight`)
+    times columns ``(B, K * C_in, L)``; into ``out`` ``(B, C_out, L)``, ``L = T + 2 pad - K + 1``."""
+    c_out, taps, c_in = weight.shape
+    b, _, t = x.shape
+    length = t + 2 * pad - taps + 1
+    cols = (ws.empty((b, taps, c_in, length), x) if ws is not None
+            else torch.empty((b, taps, c_in, length), dtype=x.dtype, device=x.device))
+    for j in range(taps):  # cols[:, j, :, i] = x[..., i + j - pad], zero outside x
+        lo, hi = max(0, pad - j), min(length, t + pad - j)
+        cols[:, j, :, :lo].zero_()
+        cols[:, j, :, hi:].zero_()
+        if hi > lo:
+            cols[:, j, :, lo:hi].copy_(x[..., lo + j - pad: hi + j - pad])
+    return torch.matmul(weight.reshape(c_out, taps * c_in), cols.view(b, taps * c_in, length), out=out)
 
 
 def depthwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int,
@@ -184,6 +194,11 @@ def depthwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     return out
 
 
+def is_pointwise(conv: nn.Conv1d) -> bool:
+    """Kernel-1, ungrouped, unpadded, stride-1 conv: a matrix product over channels."""
+    return conv.kernel_size[0] == 1 and conv.groups == 1 and conv.padding[0] == 0 and conv.stride[0] == 1
+
+
 def is_same_depthwise(conv: nn.Conv1d) -> bool:
     """Stride-1 depthwise conv with an odd kernel and "same" padding (the residual units' first conv)."""
     k, d = conv.kernel_size[0], conv.dilation[0]
@@ -198,10 +213,10 @@ def conv_transpose_polyphase(x: torch.Tensor, conv: nn.ConvTranspose1d, weight: 
     stride, pad, out_pad = conv.stride[0], conv.padding[0], conv.output_padding[0]
     k = conv.kernel_size[0]
     b, _, t = x.shape
-    taps = weight.shape[-1]
+    taps = weight.shape[1]
     c_out = weight.shape[0] // stride
     frames = t + taps - 1
-    y = conv_taps(x, weight, taps - 1, out=ws.empty((b, stride * c_out, frames), x))  # (B, s * C_out, T + M - 1)
+    y = conv_taps(x, weight, taps - 1, out=ws.empty((b, stride * c_out, frames), x), ws=ws)  # (B, s * C_out, T + M - 1)
     full = ws.empty((b, c_out, frames * stride), x)
     full.view(b, c_out, frames, stride).copy_(y.view(b, stride, c_out, frames).permute(0, 2, 3, 1))  # sample q*s + r
     del y
@@ -249,7 +264,7 @@ class FastPath:
                 return y
         if not self.exact and conv.stride[0] == 1:
             b, _, t = x.shape
-            if conv.kernel_size[0] == 1 and conv.groups == 1 and conv.padding[0] == 0:
+            if is_pointwise(conv):
                 return pointwise(x, self.weights.get(conv), conv.bias, out=self.ws.empty((b, conv.out_channels, t), x))
             if is_same_depthwise(conv) and x.device.type == "cpu":  # cuDNN has a one-kernel depthwise conv
                 return depthwise(x, self.weights.get(conv), conv.bias, conv.dilation[0], out=self.ws.empty(x.shape, x))
@@ -268,8 +283,14 @@ class FastPath:
 
     def residual_unit(self, unit: ResidualUnit, x: torch.Tensor) -> torch.Tensor:
         snake1, conv1, snake2, conv2 = unit.block
-        y = self.snake_conv(snake1.alpha, conv1, x)
-        y = self.conv(conv2, self.snake(y, snake2.alpha))
+        y = self.snake(self.snake_conv(snake1.alpha, conv1, x), snake2.alpha)
+        if not self.exact and y.shape == x.shape and is_pointwise(conv2):
+            # x is this unit's own input (dead after it): accumulate W @ y into it, one pass fewer
+            weight = self.weights.get(conv2)[:, :, 0]
+            for row in range(x.shape[0]):  # addmm_ per row: baddbmm_ would copy the expanded weight
+                x[row].addmm_(weight, y[row])
+            return x if conv2.bias is None else x.add_(conv2.bias[:, None])
+        y = self.conv(conv2, y)
         trim = (x.shape[-1] - y.shape[-1]) // 2
         if trim > 0:
             x = x[..., trim:-trim]

@@ -183,11 +183,14 @@ def test_workspace_without_use_counts_never_reuses(monkeypatch):
 
 
 @pytest.mark.parametrize("stride", [2, 3, 4, 8])
-def test_polyphase_transposed_conv(stride):
+@pytest.mark.parametrize("length", [1, 2, 17])
+def test_polyphase_transposed_conv(stride, length):
+    """One GEMM over the stacked, zero-padded shifted inputs equals the transposed conv, also for
+    inputs shorter than the kernel's taps."""
     torch.manual_seed(stride)
     conv = torch.nn.ConvTranspose1d(12, 5, kernel_size=2 * stride, stride=stride,
                                     padding=(stride + 1) // 2, output_padding=stride % 2)
-    x = torch.randn(2, 12, 17)
+    x = torch.randn(2, 12, length)
     with torch.no_grad():
         want = conv(x)
         got = fast.conv_transpose_polyphase(x, conv, fast.polyphase_weight(conv.weight, stride))
