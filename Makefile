@@ -5,14 +5,15 @@
 #   make test      the test suite (creates .venv with the package and its test extra if needed)
 #   make ci-demo   the recipe end to end on a subset of the demo corpus with the tiny config
 #
-# Variables: PYTHON (interpreter that creates the venv), VENV, DEMO_ARGS (extra run.sh options,
-# e.g. DEMO_ARGS="--ngpu 1").
+# Variables: PYTHON (interpreter that creates the venv), VENV, DEMO_CONFIG (the demo's training
+# config, under egs2/snac24k), DEMO_ARGS (extra run.sh options, e.g. DEMO_ARGS="--ngpu 1").
 
 PYTHON ?= python3
 VENV ?= .venv
 RECIPE := egs2/snac24k
 DEMO_ARGS ?=
-DEMO_EXP := $(RECIPE)/exp/codec_train_snac24k_demo
+DEMO_CONFIG ?= conf/tuning/train_snac24k_demo.yaml
+DEMO_EXP := $(RECIPE)/exp/codec_$(basename $(notdir $(DEMO_CONFIG)))
 
 .PHONY: demo test ci-demo venv
 
@@ -26,7 +27,7 @@ venv:
 	fi
 
 demo: venv
-	cd $(RECIPE) && ./run.sh --stage 1 --stop_stage 6 $(DEMO_ARGS)
+	cd $(RECIPE) && ./run.sh --stage 1 --stop_stage 6 --train_config $(DEMO_CONFIG) $(DEMO_ARGS)
 	@echo
 	@cat $(DEMO_EXP)/RESULTS.md
 	@echo
