@@ -149,16 +149,15 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     return y if bias is None else y.add_(bias[:, None])
 
 
-def conv_taps(x: torch.Tensor, weight: torch.Tensor, pad: int, out: Optional[torch.Tensor] = None,
-              ws: Optional["Workspace"] = None) -> torch.Tensor:
+def conv_taps(x: torch.Tensor, weight: torch.Tensor, pad: int, out: torch.Tensor, ws: "Workspace") -> torch.Tensor:
     """Stride-1, ungrouped conv with a short kernel, zero padding ``pad``, as one GEMM over the
     stacked shifted inputs: ``weight (C_out, K, C_in)`` (tap-major, see :func:`polyphase_weight`)
-    times columns ``(B, K * C_in, L)``; into ``out`` ``(B, C_out, L)``, ``L = T + 2 pad - K + 1``."""
+    times columns ``(B, K * C_in, L)`` (a buffer of ``ws``); into ``out`` ``(B, C_out, L)``,
+    ``L = T + 2 pad - K + 1``."""
     c_out, taps, c_in = weight.shape
     b, _, t = x.shape
     length = t + 2 * pad - taps + 1
-    cols = (ws.empty((b, taps, c_in, length), x) if ws is not None
-            else torch.empty((b, taps, c_in, length), dtype=x.dtype, device=x.device))
+    cols = ws.empty((b, taps, c_in, length), x)
     for j in range(taps):  # cols[:, j, :, i] = x[..., i + j - pad], zero outside x
         lo, hi = max(0, pad - j), min(length, t + pad - j)
         cols[:, j, :, :lo].zero_()

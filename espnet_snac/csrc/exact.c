@@ -1,8 +1,8 @@
 /* Encoder kernels that round exactly like torch's ops (espnet_snac/kernels.py).
  *
  * The encoder's codes must equal the official package's, so everything it computes must round
- * exactly like torch. Depthwise convolution: For a depthwise conv (one input channel per group, odd kernel K, dilation d, zero
- * padding K / 2 * d) every output is a chain of fused multiply-adds over the taps in kernel order,
+ * exactly like torch. Depthwise convolution (one input channel per group, odd kernel K, dilation d,
+ * zero padding K / 2 * d): every output is a chain of fused multiply-adds over the taps in order,
  * starting from the bias (oneDNN's jit_dw kernel, used for d = 1) or from zero with the bias added
  * after the chain (its im2col + GEMM kernel, used for d > 1). Padding taps are skipped: an FMA with
  * a zero operand leaves the sum unchanged. The caller checks, per layer shape, that the chosen order
@@ -21,6 +21,15 @@
 #include <string.h>
 
 #include "tiles.h"
+
+/* out[0, n) = acc, plus the bias when it comes after the tap chain (oneDNN's GEMM kernel) */
+static void store_tile(float *acc, int64_t n, int add_bias, float b, float *out)
+{
+    if (add_bias)
+        for (int64_t i = 0; i < n; i++)
+            acc[i] = acc[i] + b;
+    memcpy(out, acc, (size_t)n * sizeof(float));
+}
 
 void depthwise_exact_f32(const float *x, int64_t x_stride, float *out, int64_t out_stride,
                          const float *weight, const float *bias, int64_t rows, int64_t channels,
@@ -49,10 +58,7 @@ void depthwise_exact_f32(const float *x, int64_t x_stride, float *out, int64_t o
                 for (int64_t i = lo; i < hi; i++)
                     acc[i] = fmaf(xr[first + i], wk, acc[i]);
             }
-            if (!bias_first && bias)
-                for (int64_t i = 0; i < n; i++)
-                    acc[i] = acc[i] + b;
-            memcpy(o + t0, acc, (size_t)n * sizeof(float));
+            store_tile(acc, n, !bias_first && bias, b, o + t0);
         }
     }
 }
@@ -63,10 +69,7 @@ typedef void (*vsin_fn)(const int *n, const float *in, float *out);
 /* buf[i] = snake(xr[tl.first + i]) for i in [tl.lo, tl.hi), zero elsewhere in [0, tl.span) */
 static void snake_exact_span(vsin_fn vsin, const float *xr, tile_t tl, float a, float inv, float *buf)
 {
-    for (int64_t i = 0; i < tl.lo; i++)
-        buf[i] = 0.0f;
-    for (int64_t i = tl.hi; i < tl.span; i++)
-        buf[i] = 0.0f;
+    zero_outside(buf, tl);
     for (int64_t i = tl.lo; i < tl.hi; i++)
         buf[i] = a * xr[tl.first + i];
     const int n = (int)(tl.hi - tl.lo);
@@ -112,21 +115,11 @@ int snake_depthwise_exact_f32(vsin_fn vsin, const float *x, int64_t x_stride, fl
         float acc[TILE];
         for (int64_t t0 = 0; t0 < T; t0 += TILE) {
             const tile_t tl = tile_at(t0, T, halo);
-            const int64_t n = tl.n;
             snake_exact_span(vsin, xr, tl, a, inv, s);
-            for (int64_t i = 0; i < n; i++)
+            for (int64_t i = 0; i < tl.n; i++)
                 acc[i] = start;
-            for (int64_t k = 0; k < K; k++) {
-                const float wk = w[k];
-                const float *sk = s + k * dil;
-#pragma omp simd
-                for (int64_t i = 0; i < n; i++)
-                    acc[i] = fmaf(sk[i], wk, acc[i]);
-            }
-            if (!bias_first && bias)
-                for (int64_t i = 0; i < n; i++)
-                    acc[i] = acc[i] + b;
-            memcpy(o + t0, acc, (size_t)n * sizeof(float));
+            taps_from_span(s, tl.n, w, K, dil, acc); /* a padding tap adds an exact zero */
+            store_tile(acc, tl.n, !bias_first && bias, b, o + t0);
         }
     }
     return 0;

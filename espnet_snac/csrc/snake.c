@@ -60,24 +60,14 @@ int snake_depthwise_f32(const float *x, int64_t x_stride, float *out, int64_t ou
         float acc[TILE];
         for (int64_t t0 = 0; t0 < T; t0 += TILE) {
             const tile_t tl = tile_at(t0, T, halo);
-            const int64_t n = tl.n;
-            for (int64_t i = 0; i < tl.lo; i++)
-                s[i] = 0.0f;
-            for (int64_t i = tl.hi; i < tl.span; i++)
-                s[i] = 0.0f;
+            zero_outside(s, tl);
 #pragma omp simd
             for (int64_t i = tl.lo; i < tl.hi; i++)
                 s[i] = snake1(xr[tl.first + i], a, inv);
-            for (int64_t i = 0; i < n; i++)
+            for (int64_t i = 0; i < tl.n; i++)
                 acc[i] = b;
-            for (int64_t k = 0; k < K; k++) {
-                const float wk = w[k];
-                const float *sk = s + k * dil;
-#pragma omp simd
-                for (int64_t i = 0; i < n; i++)
-                    acc[i] += wk * sk[i];
-            }
-            memcpy(o + t0, acc, (size_t)n * sizeof(float));
+            taps_from_span(s, tl.n, w, K, dil, acc);
+            memcpy(o + t0, acc, (size_t)tl.n * sizeof(float));
         }
     }
     return 0;

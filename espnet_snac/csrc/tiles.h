@@ -2,6 +2,7 @@
  * that stay in L1; a depthwise conv reads each tile with a halo of K / 2 * dilation samples. */
 #ifndef ESPNET_SNAC_TILES_H
 #define ESPNET_SNAC_TILES_H
+#include <math.h>
 #include <stdint.h>
 
 #define TILE 1024
@@ -23,6 +24,29 @@ static inline tile_t tile_at(int64_t t0, int64_t T, int64_t halo)
     t.lo = t.first < 0 ? -t.first : 0;
     t.hi = t.first + t.span > T ? T - t.first : t.span;
     return t;
+}
+
+/* Zero the span positions outside the row: buf[0, tl.lo) and buf[tl.hi, tl.span). */
+static inline void zero_outside(float *buf, tile_t tl)
+{
+    for (int64_t i = 0; i < tl.lo; i++)
+        buf[i] = 0.0f;
+    for (int64_t i = tl.hi; i < tl.span; i++)
+        buf[i] = 0.0f;
+}
+
+/* acc[i] += the K dilated taps over the zero-padded span s, as one fused multiply-add per tap in
+ * kernel order (acc[i] reads s[i + k * dil]); acc holds the tile's n outputs. */
+static inline void taps_from_span(const float *s, int64_t n, const float *w, int64_t K, int64_t dil,
+                                  float *acc)
+{
+    for (int64_t k = 0; k < K; k++) {
+        const float wk = w[k];
+        const float *sk = s + k * dil;
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++)
+            acc[i] = fmaf(sk[i], wk, acc[i]);
+    }
 }
 
 #endif
