@@ -8,7 +8,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import yaml
@@ -90,6 +90,41 @@ def _read_zip(path: Path, map_location) -> Tuple[Dict, Dict]:
         config = yaml.safe_load(zf.read(configs[0]))
         state = _torch_load(io.BytesIO(zf.read(weights[0])), map_location, label=f"{path}:{weights[0]}")
     return generator_config_from_espnet(config, f"{path}:{configs[0]}"), state
+
+
+def locate(spec: Union[str, Path], revision: Optional[str] = None,
+           cache_dir: Optional[Union[str, Path]] = None) -> Path:
+    """A local path for ``spec``: the path itself, or the cache snapshot of a Hugging Face repo id."""
+    from espnet_snac import hub
+
+    if hub.looks_like_repo_id(spec):
+        return hub.resolve(str(spec), revision=revision, cache_dir=cache_dir)
+    if revision is not None:
+        raise CheckpointError(f"{spec}: revision={revision!r} applies to Hugging Face repo ids, not local paths")
+    return Path(spec)
+
+
+def espnet_init_param(spec: str, work_dir: Union[str, Path]) -> str:
+    """An ESPnet ``--init_param`` value for ``spec``.
+
+    A ``.pth`` path (optionally with ESPnet's ``:src_key:dst_key:exclude`` suffix) is returned as is;
+    a Hugging Face repo id, an official-format directory or a packed zip is converted once to
+    ``work_dir/init_generator.pth`` with ``codec.generator.*`` keys (the discriminator starts fresh).
+    """
+    head = str(spec).split(":", 1)[0]
+    if head.endswith((".pth", ".pt")) and Path(head).is_file():
+        return str(spec)
+    location = locate(spec)
+    config, state = read(location)
+    from espnet_snac.atomic_files import atomic_torch_save
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out = work_dir / "init_generator.pth"
+    state = {ESPNET_GENERATOR_PREFIX + k: v for k, v in generator_state(state).items()}
+    atomic_torch_save(state, out)
+    (work_dir / "init_generator.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return str(out)
 
 
 def read(path: Path, map_location: Union[str, torch.device] = "cpu") -> Tuple[Dict, Dict]:

@@ -327,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True,
-                       help="trained ESPnet experiment (dir with config.yaml + .pth, or the .pth), packed "
-                            "model (.zip from espnet2.bin.pack), or official-format dir (config.json + weights)")
+                       help="Hugging Face repo id (e.g. hubertsiuzdak/snac_24khz; local cache first, HF_HUB_OFFLINE "
+                            "respected), trained ESPnet experiment (dir with config.yaml + .pth, or the .pth), "
+                            "packed model (.zip from espnet2.bin.pack), or official-format dir (config.json + weights)")
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
         p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
 

@@ -200,9 +200,14 @@ class SNAC(nn.Module):
         return cls(**config)
 
     @classmethod
-    def from_pretrained(cls, path: PathLike, map_location: Union[str, torch.device] = "cpu") -> "SNAC":
-        """Load weights from an official-format directory, an ESPnet experiment or a packed zip.
+    def from_pretrained(cls, path: PathLike, map_location: Union[str, torch.device] = "cpu", *,
+                        revision: Optional[str] = None, cache_dir: Optional[PathLike] = None) -> "SNAC":
+        """Load weights from a Hugging Face repo id, an official-format directory, an ESPnet
+        experiment or a packed zip.
 
+        * Hub: ``owner/name`` that is not a local path, e.g. ``"hubertsiuzdak/snac_24khz"``; the local
+          Hugging Face cache first, then a download (``revision``, ``cache_dir``, ``HF_HUB_OFFLINE``
+          and ``HF_HUB_CACHE`` as for ``huggingface_hub.hf_hub_download``)
         * official: ``config.json`` + ``pytorch_model.bin`` or ``model.safetensors``
         * ESPnet: a directory with ``config.yaml`` and a ``.pth`` (best, then latest), or the ``.pth``
           path itself (its ``config.yaml`` is looked up next to it or one level up)
@@ -211,19 +216,39 @@ class SNAC(nn.Module):
         """
         from espnet_snac import checkpoints
 
-        config, state = checkpoints.read(Path(path), map_location)
+        location = checkpoints.locate(path, revision=revision, cache_dir=cache_dir)
+        config, state = checkpoints.read(location, map_location)
         model = cls(**config)
         checkpoints.load_state_strict(model, state, source=str(path))
         return model.eval()
 
-    def save_pretrained(self, directory: PathLike) -> Path:
-        """Write the official format: ``config.json`` + ``pytorch_model.bin``."""
+    def save_pretrained(self, directory: PathLike, repo_id: Optional[str] = None,
+                        safetensors: bool = False) -> Path:
+        """Write the official format: ``config.json`` + ``pytorch_model.bin`` (+ ``model.safetensors``
+        with ``safetensors=True``) and a model card ``README.md``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         from espnet_snac.atomic_files import atomic_torch_save, atomic_write_text
+        from espnet_snac.hub import model_card
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_torch_save(state, directory / "pytorch_model.bin")
+        if safetensors:
+            from safetensors.torch import save as save_safetensors
+
+            from espnet_snac.atomic_files import atomic_write_bytes
+
+            atomic_write_bytes(directory / "model.safetensors", save_safetensors(state))
+        atomic_write_text(directory / "README.md", model_card(self.config, repo_id))
         # config.json last: a directory holding it is a complete model
         atomic_write_text(directory / "config.json", json.dumps(self.config, indent=2) + "\n")
         return directory
+
+    def push_to_hub(self, repo_id: str, private: Optional[bool] = None, token: Optional[str] = None,
+                    commit_message: str = "Upload SNAC model", revision: Optional[str] = None) -> str:
+        """Upload the official format with a model card to the Hugging Face Hub (``hf auth login``
+        first); the repo is created if needed. Returns the commit URL."""
+        from espnet_snac.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
+                           revision=revision)

@@ -27,7 +27,8 @@ class SNACTokenizer(nn.Module):
 
     Args:
         model: a :class:`~espnet_snac.SNAC` instance, or anything ``SNAC.from_pretrained`` reads
-            (official-format directory, ESPnet experiment directory or ``.pth``, packed ``.zip``).
+            (Hugging Face repo id such as ``hubertsiuzdak/snac_24khz``, official-format directory, ESPnet
+            experiment directory or ``.pth``, packed ``.zip``).
         device: where the model runs; inputs are moved there, outputs stay there.
         dump_audio: ``forward`` also returns the resynthesised audio (as ESPnet's tokenizer).
         noise_seed: seed for the decoder's noise blocks, making ``decode`` reproducible

@@ -36,7 +36,7 @@ train_config=            # training config (yaml)
 train_args=              # extra options for gan_codec_train (e.g. "--max_epoch 10")
 num_iters=               # optimizer steps of the training (default: the config's own total on one device)
 batch_size=              # global batch in chunks, split over GPUs and nodes (default: the config's)
-init_param=              # fine-tune from this model (ESPnet --init_param syntax)
+init_param=              # fine-tune from this model: a .pth (ESPnet --init_param syntax), official dir, .zip or Hugging Face repo id
 tag=                     # experiment name suffix (default: train_config file name)
 inference_model=         # checkpoint of the experiment for stages 5-7 (default: valid.mel_loss.best.pth, else latest.pth)
 plot_spectrograms=3      # spectrogram comparison images per test set
@@ -390,7 +390,12 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
             --output_dir "$codec_exp"
             --ngpu "$ngpu"
             --num_iters_per_epoch "$plan_k" --max_epoch "$plan_epochs" --batch_size "$plan_batch")
-        [ -n "$init_param" ] && opts+=(--init_param "$init_param")
+        if [ -n "$init_param" ]; then
+            # a Hugging Face repo id, official dir or packed zip becomes a codec.generator.* .pth
+            init_pth=$("$python" -c 'import sys; from espnet_snac.checkpoints import espnet_init_param; print(espnet_init_param(sys.argv[1], sys.argv[2]))' \
+                "$init_param" "${codec_exp}/init") || die "Stage 4: --init_param ${init_param} cannot be read as SNAC weights"
+            opts+=(--init_param "$init_pth")
+        fi
         if [ "$ngpu" -gt 1 ] || [ "$num_nodes" -gt 1 ]; then
             opts+=(--multiprocessing_distributed true)
         fi

@@ -40,7 +40,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
-                   help="official-format directory, ESPnet experiment directory / .pth, or packed .zip")
+                   help="Hugging Face repo id (e.g. hubertsiuzdak/snac_24khz), official-format directory, ESPnet "
+                        "experiment directory / .pth, or packed .zip")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--wav_scp", type=Path, help="Kaldi wav.scp (sound files, ark entries or pipes)")
     src.add_argument("--data_dir", type=Path, help="Kaldi data directory (wav.scp and optional segments)")
