@@ -153,19 +153,24 @@ def _select_device(kind: str, local_rank: int) -> torch.device:
 def encode_pool(encoder: BatchEncoder, writer: ShardWriter, pool: List[tuple]) -> int:
     """Encode and write ``[(utt, audio)]``; a batch that fails is retried one utterance at a time
     and an utterance that fails alone is rejected with the error. Returns the number written."""
+    error: Optional[str] = None
     try:
         results = encoder.encode([a for _, a in pool])
-    except (RuntimeError, ValueError) as exc:
-        if len(pool) == 1:
-            writer.reject(pool[0][0], f"encode_error ({type(exc).__name__}: {exc})")
-            return 0
-        log.warning("batch of %d failed (%s); retrying one by one", len(pool), exc)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return sum(encode_pool(encoder, writer, [item]) for item in pool)
-    for (utt, audio), frames in zip(pool, results):
-        writer.write(utt, frames, len(audio))
-    return len(pool)
+    except (RuntimeError, ValueError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        # Keep only the message: the exception's traceback holds the frames of the failed call and
+        # with them the batch and its activations; the retry must not run while they are alive.
+        error = f"{type(exc).__name__}: {exc}"
+    if error is None:
+        for (utt, audio), frames in zip(pool, results):
+            writer.write(utt, frames, len(audio))
+        return len(pool)
+    if len(pool) == 1:
+        writer.reject(pool[0][0], f"encode_error ({error})")
+        return 0
+    log.warning("batch of %d failed (%s); retrying one by one", len(pool), error)
+    if encoder.device.type == "cuda":  # hand the failed batch's cached blocks back before the retries
+        torch.cuda.empty_cache()
+    return sum(encode_pool(encoder, writer, [item]) for item in pool)
 
 
 def extract(args: argparse.Namespace, dist: Distributed, model, device: torch.device, todo: List) -> dict:

@@ -116,6 +116,33 @@ def default_rows_per_call(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 0
 
 
+@contextlib.contextmanager
+def exact_cuda_math(device: torch.device) -> Iterator[None]:
+    """On CUDA: IEEE fp32 convolutions and matmuls (no TF32) and deterministic cuDNN algorithms
+    without autotuning, restored on exit; elsewhere nothing.
+
+    Why: PyTorch runs cuDNN convolutions in TF32 by default (10-bit mantissa), which rounds each row
+    differently depending on the kernel cuDNN picks, and with ``benchmark=True`` the pick depends on
+    the batch shape; codes are an argmin over distances, so such differences flip codes. TF32 is set
+    through the ``fp32_precision`` API (torch >= 2.9): mixing it with the legacy ``allow_tf32`` flags
+    makes torch refuse to read them. What stays: cuDNN may still pick a different (deterministic)
+    algorithm for a batch than for one row, so exactness on a GPU is measured, not proven
+    (``tests/test_cuda_only.py``, ``benchmarks/gpu_check.sh``).
+    """
+    if device.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.conv.fp32_precision, matmul.fp32_precision, cudnn.deterministic, cudnn.benchmark)
+    cudnn.conv.fp32_precision = "ieee"
+    matmul.fp32_precision = "ieee"
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.conv.fp32_precision, matmul.fp32_precision, cudnn.deterministic, cudnn.benchmark = saved
+
+
 def _encode_rows(model: nn.Module, batch: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
     """Codes of a zero-padded ``batch (B, 1, T)`` whose rows are valid for ``lengths`` samples."""
     total = batch.shape[-1]
@@ -152,7 +179,8 @@ def encode_exact(model: nn.Module, audios: Sequence[torch.Tensor],
         batch = torch.zeros(len(group), 1, total, device=first.device, dtype=group[0].dtype)
         for row, a in enumerate(group):
             batch[row, 0, : a.shape[-1]] = a
-        codes = _encode_rows(model, batch, torch.tensor(padded, device=first.device))
+        with exact_cuda_math(first.device):
+            codes = _encode_rows(model, batch, torch.tensor(padded, device=first.device))
         for row, p in enumerate(padded):
             out.append([c[row, : c.shape[1] * p // total] for c in codes])
     return out
