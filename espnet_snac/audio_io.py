@@ -48,6 +48,8 @@ def read_audio(source: Union[str, Path, bytes], name: str | None = None) -> Tupl
     Returns ``(samples (T, C) float32, sample_rate)``; raises ``AudioError`` naming the file.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    if not isinstance(source, bytes) and not os.path.exists(source):  # libsndfile would say "System error"
+        raise AudioError(f"no such file: {source}" + (f" ({name})" if name and name != str(source) else ""))
     # libsndfile silently returns what is left of a cut WAV file: refuse it instead
     try:
         if isinstance(source, bytes):

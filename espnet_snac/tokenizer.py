@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from espnet_snac.audio_io import resample as resample_audio
+from espnet_snac.audio_io import to_mono
 from espnet_snac.frames import FRAME_SIZE, codes_to_frames, frames_to_codes
 from espnet_snac.model import SNAC
 from espnet_snac.tokens.batching import BatchEncoder, encode_exact
@@ -111,13 +113,29 @@ class SNACTokenizer(nn.Module):
         return out
 
     def encode_batch(self, wavs: Sequence[Union[np.ndarray, torch.Tensor]], batch_size: int = 8,
-                     window_seconds: float = 30.0, context_seconds: float = 0.5) -> List[np.ndarray]:
-        """Variable-length 1-D signals at 24 kHz -> per signal ``(F_i, 7)`` int32 codes, batched by
-        length; equal to encoding each alone (long ones are windowed, see ``tokens.batching``)."""
+                     window_seconds: float = 30.0, context_seconds: float = 0.5,
+                     sampling_rate: Optional[int] = None, resample: bool = True) -> List[np.ndarray]:
+        """Variable-length signals -> per signal ``(F_i, 7)`` int32 codes, batched by length; equal to
+        encoding each alone (long ones are windowed, see ``tokens.batching``).
+
+        Each signal is ``(T,)``, or ``(T, C)`` / ``(C, T)`` with up to 8 channels, averaged to mono. Its
+        rate is ``sampling_rate`` (default: the model's, 24 kHz). Another rate is resampled to the model
+        rate exactly as ``snac encode`` does (soxr, very high quality); with ``resample=False`` it is
+        refused with a ``ValueError`` instead.
+        """
+        rate = self.sample_rate if sampling_rate is None else int(sampling_rate)
+        if rate <= 0:
+            raise ValueError(f"sampling_rate must be a positive number of Hz, got {sampling_rate!r}")
+        if rate != self.sample_rate and not resample:
+            raise ValueError(f"the signals are at {rate} Hz but the model takes {self.sample_rate} Hz: resample "
+                             "them, or call encode_batch(..., resample=True)")
         encoder = BatchEncoder(self.codec, batch_size=batch_size, window_seconds=window_seconds,
                                context_seconds=context_seconds, dtype=self.dtype)
-        arrays = [w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w) for w in wavs]
-        return encoder.encode([a.reshape(-1).astype(np.float32, copy=False) for a in arrays])
+        mono = [_mono(w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w), i)
+                for i, w in enumerate(wavs)]
+        if rate != self.sample_rate:
+            mono = [resample_audio(m, rate, self.sample_rate) for m in mono]
+        return encoder.encode(mono)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, length: Optional[int] = None) -> torch.Tensor:
@@ -178,3 +196,17 @@ class SNACTokenizer(nn.Module):
         with self.codec.noise(seed=self.noise_seed, device=self.device):
             audio = self.codec.decoder(z)
         return audio.squeeze(1)
+
+
+def _mono(array: np.ndarray, index: int) -> np.ndarray:
+    """One signal of ``encode_batch`` as mono float32 ``(T,)``: ``(T,)``, ``(1, T)``, ``(T, C)`` or ``(C, T)``."""
+    if array.ndim == 2 and 1 in array.shape:
+        array = array.reshape(-1)
+    if array.ndim == 2:
+        if array.shape[0] <= 8 < array.shape[1]:
+            array = array.T
+        elif not array.shape[1] <= 8 < array.shape[0]:
+            raise ValueError(f"signal {index}: shape {array.shape} is not (T,), (T, C) or (C, T) with C <= 8")
+    elif array.ndim != 1:
+        raise ValueError(f"signal {index}: expected 1-D or 2-D audio, got shape {array.shape}")
+    return to_mono(array.astype(np.float32, copy=False))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Recipe stage 1: Kaldi-style data directories <output_dir>/<set> (wav.scp, utt2spk, spk2utt,
-# utt2num_samples, rejected.tsv) through python -m espnet_snac.bin.prepare_data.
+# utt2num_samples, text when the source has transcripts, rejected.tsv) through
+# python -m espnet_snac.bin.prepare_data.
 #
 #   --dataset demo            the embedded demo corpus (local/demo_corpus/{train,dev,test}); its
 #                             transcripts local/demo_corpus/text give <output_dir>/<set>/text
@@ -83,7 +84,9 @@ case "$dataset" in
         [ "$(echo $sets | wc -w)" -eq 3 ] ||
             die "a single source is split into three sets (train, dev, test); got sets '${sets}'"
         # One source: a deterministic hash split gives dev and test (override with
-        # -- --dev_fraction F --test_fraction F, or --split NAME per set for hub datasets).
+        # -- --dev_fraction F --test_fraction F [--split_by utterance]). Speaker-disjoint when the
+        # source has enough speakers, else by utterance; small corpora still get one dev and one
+        # test utterance (espnet_snac.data.finalize.split_rows).
         prepare "$dataset" "$output_dir" "${common[@]}" --dev_fraction 0.05 --test_fraction 0.05 \
             --subset_names "$(echo $sets | tr ' ' ',')" "${extra[@]}"
         ;;
@@ -98,6 +101,16 @@ esac
 
 for dset in $sets; do
     [ -s "${output_dir}/${dset}/wav.scp" ] ||
-        die "${output_dir}/${dset}/wav.scp was not written: the source must give the sets '${sets}'"
+        die "${output_dir}/${dset}/wav.scp was not written: the source gave no utterance for the set '${dset}'" \
+            "(sets wanted: ${sets}; see the prepare_data messages above and ${output_dir}/rejected.tsv)." \
+            "For a single source, change the split with run.sh --data_opts \"--dev_fraction F --test_fraction F" \
+            "--split_by utterance\" (three or more usable utterances always give every set one), or name other" \
+            "sets with --train_set/--valid_set/--test_sets"
+done
+for dset in $sets; do
+    if [ "$dataset" != demo ] && [ -s "${output_dir}/${dset}/text" ]; then
+        log "${output_dir}/${dset}/text: transcripts of $(wc -l < "${output_dir}/${dset}/text") of" \
+            "$(wc -l < "${output_dir}/${dset}/wav.scp") utterances"
+    fi
 done
 log "data directories: $(for d in $sets; do printf '%s ' "${output_dir}/${d}"; done)"

@@ -4,9 +4,12 @@ folders or Kaldi directories.
     python -m espnet_snac.bin.prepare_data --source hf:openslr/librispeech_asr:clean \\
         --split train.100 --output_dir data/train --speaker_column speaker_id --nj 4
 
-Writes OUTPUT_DIR/{wav.scp,utt2spk,spk2utt,utt2num_samples} (or, with --dev_fraction /
+Writes OUTPUT_DIR/{wav.scp,utt2spk,spk2utt,utt2num_samples,text} (or, with --dev_fraction /
 --test_fraction, OUTPUT_DIR/{train,dev,test}/...), OUTPUT_DIR/rejected.tsv and summary.json, and
-the audio under OUTPUT_DIR/audio. Re-running the same command resumes or does nothing.
+the audio under OUTPUT_DIR/audio. Re-running the same command resumes or does nothing. ``text``
+holds the transcripts: a dataset column (--text_column, by default the first of text, sentence,
+transcript, transcription, normalized_text, text_normalized), sidecar .txt/.lab files next to the
+audio of folder sources, an LJSpeech metadata.csv, or a Kaldi source's own text.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 DEFAULTS: Dict[str, Any] = {
-    "audio_column": "audio", "speaker_column": None, "id_column": "auto", "streaming": False,
+    "audio_column": "audio", "speaker_column": None, "id_column": "auto", "text_column": "auto", "streaming": False,
     "dev_fraction": 0.0, "test_fraction": 0.0, "split_by": "speaker",
 }
 
@@ -36,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--speaker_column", help="column (or metadata column) with the speaker id")
     g.add_argument("--id_column", help="column with utterance ids; 'auto' (default) picks id/utt_id/key/"
                    "segment_id/file/path if present, 'none' numbers the rows")
+    g.add_argument("--text_column", help="column with the transcript; 'auto' (default) picks text/sentence/"
+                   "transcript/transcription/normalized_text/text_normalized if present, 'none' reads no "
+                   "transcripts (folder sources: a metadata column; sidecar .txt/.lab files are read anyway)")
     g.add_argument("--speaker_from_dir", action="store_true",
                    help="folder sources: use each file's parent directory name as its speaker")
     g.add_argument("--streaming", action="store_true", default=None,
@@ -113,6 +119,7 @@ def _prepare_one(args: argparse.Namespace, preset: Dict[str, Any], split: Option
                 speaker_column=_resolve(args, preset, "speaker_column"),
                 id_column=None if id_column in (None, "none") else id_column,
                 shard_size=args.shard_size, speaker_from_dir=args.speaker_from_dir,
+                text_column=_resolve(args, preset, "text_column"),
             )
         summary = run_preparation(source, opts)
     except SourceError as exc:

@@ -61,7 +61,7 @@ class Converted:
 
 def _load_bytes(payload: str) -> bytes:
     if not os.path.exists(payload):
-        raise Rejected("missing_audio", f"file not found: {payload}")
+        raise Rejected("missing_audio", f"no such file: {payload}")
     if os.path.isdir(payload):
         raise Rejected("missing_audio", f"is a directory: {payload}")
     with open(payload, "rb") as fh:

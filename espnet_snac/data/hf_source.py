@@ -3,7 +3,8 @@ and local data files (parquet / arrow / jsonl / csv), map-style or streaming.
 
 The audio column is cast to ``Audio(decode=False)`` and decoded here with libsndfile, so the
 optional torchcodec decoder of recent ``datasets`` releases is never needed. Accepted column
-values: ``{"array", "sampling_rate"}``, ``{"bytes", "path"}`` and plain path strings.
+values: ``{"array", "sampling_rate"}``, ``{"bytes", "path"}`` and plain path strings. The transcript
+comes from ``text_column`` (``"auto"``: the first of ``transcripts.TEXT_COLUMNS`` present).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Iterator, List, Optional
 
 from espnet_snac.data.items import AudioPayload, Rejected, SourceItem
 from espnet_snac.data.source_base import Source, SourceError
+from espnet_snac.data.transcripts import clean_transcript, detect_text_column
 from espnet_snac.data.utt_ids import sanitize
 
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -52,6 +54,7 @@ class HFSource(Source):
         shard_size: int = 1000,
         data_files: Optional[List[str]] = None,
         builder: Optional[str] = None,
+        text_column: Optional[str] = "auto",
     ) -> None:
         self.kind = kind
         self.target = target
@@ -64,6 +67,7 @@ class HFSource(Source):
         self.shard_size = max(1, int(shard_size))
         self.data_files = data_files
         self.builder = builder
+        self.text_column = text_column
         self.base_dir = os.path.dirname(data_files[0]) if data_files else (
             target if os.path.isdir(target) else os.getcwd())
         self._ds: Any = None
@@ -117,10 +121,19 @@ class HFSource(Source):
                 self.id_column = next((c for c in ID_CANDIDATES if c in columns and c != self.audio_column), None)
             elif self.id_column and self.id_column not in columns:
                 raise SourceError(f"{self.describe()}: no column {self.id_column!r} (--id_column); columns are {columns}")
-            wanted = [c for c in dict.fromkeys([self.audio_column, self.speaker_column, self.id_column]) if c]
+            try:
+                self.text_column = detect_text_column(
+                    [c for c in columns if c != self.audio_column], self.text_column, self.describe())
+            except ValueError as exc:
+                raise SourceError(str(exc)) from None
+            wanted = [c for c in dict.fromkeys([self.audio_column, self.speaker_column, self.id_column,
+                                                self.text_column]) if c]
             ds = ds.select_columns(wanted)
-        elif self.id_column == "auto":
-            self.id_column = None
+        else:  # streamed data without a schema: only a named text column is read
+            if self.id_column == "auto":
+                self.id_column = None
+            if self.text_column in ("auto", "none"):
+                self.text_column = None
         features = ds.features
         if features is not None and isinstance(features.get(self.audio_column), datasets.Audio):
             ds = ds.cast_column(self.audio_column, datasets.Audio(decode=False))
@@ -193,7 +206,8 @@ class HFSource(Source):
                 key = os.path.splitext(os.path.basename(key))[0] or positional
             speaker = row.get(self.speaker_column) if self.speaker_column else None
             speaker = str(speaker) if speaker not in (None, "") else None
-            yield SourceItem(key=key, speaker=speaker, origin=origin, audio=self._payload(value, origin))
+            text = clean_transcript(row.get(self.text_column)) if self.text_column else None
+            yield SourceItem(key=key, speaker=speaker, origin=origin, audio=self._payload(value, origin), text=text)
 
     def describe(self) -> str:
         name = self.target if self.kind != "files" else f"{self.builder}:{self.target}"
@@ -204,4 +218,4 @@ class HFSource(Source):
     def fingerprint(self) -> dict:
         return {"source": self.describe(), "streaming": self.streaming, "num_shards": self.num_shards,
                 "num_items": self.num_items, "shard_size": self.shard_size, "audio_column": self.audio_column,
-                "speaker_column": self.speaker_column, "id_column": self.id_column}
+                "speaker_column": self.speaker_column, "id_column": self.id_column, "text_column": self.text_column}

@@ -52,7 +52,8 @@ class SourceItem:
     ``key``: id from the source (unsanitised; sources make positional keys when they have none);
     ``speaker``: speaker label or ``None``; ``origin``: where it came from, for messages
     (a path, or ``row N``); ``audio``: the payload; ``start``/``end``: optional segment bounds in
-    seconds (Kaldi ``segments``), ``end`` ``None`` or negative meaning the end of the recording.
+    seconds (Kaldi ``segments``), ``end`` ``None`` or negative meaning the end of the recording;
+    ``text``: its transcript (one line, see ``transcripts.clean_transcript``) or ``None``.
     """
 
     key: str
@@ -61,3 +62,4 @@ class SourceItem:
     audio: AudioPayload
     start: float = 0.0
     end: Optional[float] = None
+    text: Optional[str] = None

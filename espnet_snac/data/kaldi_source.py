@@ -1,7 +1,8 @@
 """``kaldi:PATH``: an existing Kaldi-style directory (wav.scp [+ segments] [+ utt2spk]).
 
 wav.scp values may be file paths, shell pipelines ending in ``|`` (their stdout must be a sound
-file) or kaldiio ark references (``file.ark:offset`` holding wav audio).
+file) or kaldiio ark references (``file.ark:offset`` holding wav audio). A ``text`` file
+(``utt transcript``) is kept: each utterance carries its transcript into the output directory.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from espnet_snac.audio_io import AudioError
 from espnet_snac.data.audio_check import decode_item
 from espnet_snac.data.items import AudioPayload, Rejected, SourceItem
 from espnet_snac.data.source_base import Source, SourceError
+from espnet_snac.data.transcripts import clean_transcript
 from espnet_snac.scp import is_kaldi_entry, load_scp_audio, read_scp, read_segments
 
 
@@ -45,6 +47,7 @@ class KaldiSource(Source):
         self.recordings: List[Tuple[str, str]] = []
         self.segments: Dict[str, List[Tuple[str, float, float]]] = {}
         self.utt2spk: Dict[str, str] = {}
+        self.texts: Dict[str, str] = {}
         self.has_segments = False
 
     def prepare(self) -> None:
@@ -58,6 +61,7 @@ class KaldiSource(Source):
             segments = read_segments(seg_path) if self.has_segments else {}
             spk_path = os.path.join(self.directory, "utt2spk")
             self.utt2spk = dict(read_scp(spk_path)) if os.path.isfile(spk_path) else {}
+            self.texts = _read_text(os.path.join(self.directory, "text"))
         except ValueError as exc:
             raise SourceError(f"kaldi source: {exc}") from None
         self.recordings = sorted(recordings.items())
@@ -83,7 +87,8 @@ class KaldiSource(Source):
             origin = f"{rec} ({value.strip()})"
             payload = load_wav_scp_value(value, origin)
             if not self.has_segments:
-                yield SourceItem(key=rec, speaker=self._speaker(rec), origin=origin, audio=payload)
+                yield SourceItem(key=rec, speaker=self._speaker(rec), origin=origin, audio=payload,
+                                 text=self.texts.get(rec))
                 continue
             try:  # decode the recording once for all of its segments
                 probe = SourceItem(key=rec, speaker=None, origin=origin, audio=payload)
@@ -93,11 +98,26 @@ class KaldiSource(Source):
             for utt, start, end in self.segments[rec]:
                 yield SourceItem(
                     key=utt, speaker=self._speaker(utt), origin=f"{utt} <- {origin}", audio=decoded,
-                    start=start, end=end,
+                    start=start, end=end, text=self.texts.get(utt),
                 )
 
     def describe(self) -> str:
         return f"kaldi:{self.directory}"
 
     def fingerprint(self) -> dict:
-        return {"source": self.describe(), "num_recordings": len(self.recordings), "shard_size": self.shard_size}
+        return {"source": self.describe(), "num_recordings": len(self.recordings), "shard_size": self.shard_size,
+                "transcripts": len(self.texts)}
+
+
+def _read_text(path: str) -> Dict[str, str]:
+    """Kaldi ``text``: ``utt transcript`` per line (the transcript may be empty or hold spaces)."""
+    if not os.path.isfile(path):
+        return {}
+    out: Dict[str, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            utt, _, text = line.strip().partition(" ")
+            cleaned = clean_transcript(text)
+            if utt and cleaned is not None:
+                out[utt] = cleaned
+    return out

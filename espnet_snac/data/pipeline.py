@@ -126,6 +126,8 @@ def process_shard(source: Source, index: int, opts: PrepOptions, budget: Budget)
             result.kept += 1
             result.samples += num
             result.kept_rows.append((utt, sanitize(item.speaker) if item.speaker else "", ref, num))
+            if item.text:
+                result.text_rows.append((utt, _clean(item.text)))
             rate = str(converted.input_fs)
             result.input_rates[rate] = result.input_rates.get(rate, 0) + 1
             if converted.bandwidth_hz is not None:

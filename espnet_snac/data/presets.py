@@ -2,7 +2,7 @@
 
 Keys: ``name``, ``source`` (as for ``--source``), ``splits`` (mapping output subset -> source split,
 e.g. ``{train: train.clean.100, dev: validation.clean}``), optional ``audio_column``,
-``speaker_column``, ``id_column``, ``streaming``, ``dev_fraction``, ``test_fraction``, ``split_by``
+``speaker_column``, ``id_column``, ``text_column`` (the transcript), ``streaming``, ``dev_fraction``, ``test_fraction``, ``split_by``
 and a free-text ``description``. Command-line options override preset values.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 PRESET_TYPES = {"name": str, "description": str, "source": str, "splits": dict, "audio_column": str,
-                "speaker_column": str, "id_column": str, "streaming": bool, "dev_fraction": (int, float),
+                "speaker_column": str, "id_column": str, "text_column": str, "streaming": bool, "dev_fraction": (int, float),
                 "test_fraction": (int, float), "split_by": str}
 PRESET_KEYS = set(PRESET_TYPES)
 _TYPE_NAMES = {str: "a string", dict: "a mapping", bool: "true or false", (int, float): "a number"}

@@ -1,7 +1,7 @@
 """Per-shard results under ``OUTPUT_DIR/.prep/`` that make a run resumable and splittable.
 
 For shard ``k`` (``shard-0000k``): ``.kept.tsv`` (utt, speaker or empty, audio ref, num_samples),
-``.rejected.tsv`` (utt, origin, reason) and, written last, ``.json`` with the counts. A shard
+``.rejected.tsv`` (utt, origin, reason), ``.text.tsv`` (utt, transcript; kept utterances that have one) and, written last, ``.json`` with the counts. A shard
 counts as done only when its json exists; anything else left by an interruption is redone.
 Audio refs below the output directory are stored relative to it, so a prepared directory
 (or shards made on other machines) can be moved or copied together.
@@ -32,11 +32,13 @@ class ShardResult:
     bandwidths: List[float] = field(default_factory=list)  # effective bandwidths (Hz) of a sample
     kept_rows: List[Tuple[str, str, str, int]] = field(default_factory=list)
     rejected_rows: List[Tuple[str, str, str]] = field(default_factory=list)
+    text_rows: List[Tuple[str, str]] = field(default_factory=list)  # (utt, one-line transcript)
 
     def counts(self) -> Dict[str, object]:
         data = asdict(self)
         data.pop("kept_rows")
         data.pop("rejected_rows")
+        data.pop("text_rows")
         return data
 
 
@@ -68,6 +70,7 @@ class ShardStore:
         atomic_write_lines(self._path(result.index, ".kept.tsv"),
                            ((u, s, self.to_stored_ref(r), n) for u, s, r, n in result.kept_rows), sep="\t")
         atomic_write_lines(self._path(result.index, ".rejected.tsv"), result.rejected_rows, sep="\t")
+        atomic_write_lines(self._path(result.index, ".text.tsv"), result.text_rows, sep="\t")
         atomic_write_text(self._path(result.index, ".json"), json.dumps(result.counts()) + "\n")
 
     def load(self, index: int) -> ShardResult:
@@ -81,6 +84,12 @@ class ShardStore:
             for line in fh:
                 utt, origin, reason = line.rstrip("\n").split("\t")
                 result.rejected_rows.append((utt, origin, reason))
+        text_path = self._path(index, ".text.tsv")
+        if os.path.exists(text_path):  # shards of earlier versions have none
+            with open(text_path, encoding="utf-8") as fh:
+                for line in fh:
+                    utt, _, text = line.rstrip("\n").partition("\t")
+                    result.text_rows.append((utt, text))
         if result.read != result.kept + result.rejected or result.kept != len(result.kept_rows) \
                 or result.rejected != len(result.rejected_rows):
             raise RuntimeError(f"{self._path(index, '.json')}: counts do not match the shard files; "

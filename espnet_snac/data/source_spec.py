@@ -49,6 +49,7 @@ def make_source(
     id_column: Optional[str] = "auto",
     shard_size: int = 1000,
     speaker_from_dir: bool = False,
+    text_column: Optional[str] = "auto",
 ) -> Source:
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
@@ -56,7 +57,7 @@ def make_source(
     explicit_id = None if id_column == "auto" else id_column
     if kind == "folder":
         return FolderSource(_split_dir(rest, split, "folder"), shard_size, speaker_from_dir,
-                            speaker_column, explicit_id)
+                            speaker_column, explicit_id, text_column=text_column)
     if kind == "kaldi":
         return KaldiSource(rest, shard_size)
     if kind != "hf":
@@ -64,11 +65,11 @@ def make_source(
 
     def hf(kind_: str, target: str, config: Optional[str] = None, data_files=None, builder=None) -> HFSource:
         return HFSource(kind_, target, config, split, streaming, audio_column, speaker_column, id_column,
-                        shard_size, data_files, builder)
+                        shard_size, data_files, builder, text_column=text_column)
 
     def audiofolder(path: str) -> FolderSource:
         return FolderSource(_split_dir(path, split, "hf:audiofolder"), shard_size, speaker_from_dir,
-                            speaker_column, explicit_id, kind="hf:audiofolder")
+                            speaker_column, explicit_id, kind="hf:audiofolder", text_column=text_column)
 
     head, sep2, tail = rest.partition(":")
     if sep2 and head == "audiofolder":
