@@ -47,6 +47,10 @@ class MetricError(ValueError):
 
 
 def _as_tensor(x: Signal) -> torch.Tensor:
+    """A CPU float32 tensor: the metrics' cached filterbanks live on the CPU, so a signal on a GPU
+    (e.g. straight from the decoder) is brought over first, once."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to(device="cpu", dtype=torch.float32)
     t = torch.as_tensor(x, dtype=torch.float32)
     if t.dim() != 1:
         raise MetricError(f"expected a 1-D mono signal, got shape {tuple(t.shape)}")

@@ -258,8 +258,8 @@ def test_options():
         assert f"--{opt} " in help_text, opt
     bad = _run(["--no_such_option", "1"], env, check=False)
     assert bad.returncode != 0 and "unknown option '--no_such_option'" in bad.stderr
-    bad = _run(["--num_nodes", "2", "--stop_stage", "1"], env, check=False)
-    assert bad.returncode != 0 and "cmd_backend slurm" in bad.stderr
+    bad = _run(["--num_nodes", "0", "--stop_stage", "1"], env, check=False)
+    assert bad.returncode != 0 and "--num_nodes must be at least 1" in bad.stderr
 
 
 FAKE_SRUN = """#!/usr/bin/env bash

@@ -9,14 +9,30 @@
 #                            Waits for all; on failure prints the failed logs' tails and returns 1.
 #   run_train LOG CMD...     run one training command (GPUs, nodes from $ngpu, $num_nodes);
 #                            with slurm and num_nodes > 1 it starts one task per node, and the
-#                            caller adds --dist_launcher slurm to CMD.
+#                            caller adds --dist_launcher slurm to CMD; locally, num_nodes > 1 starts
+#                            one process per "node" on this machine with --dist_rank/--dist_world_size
+#                            added (node 0 logs to LOG, node N to LOG's .nodeN.log).
+#   requeue_job              after a preempted training (exit 75) inside an sbatch job: requeue it
+#                            (scontrol requeue) when slurm_requeue=true, so that it reruns and resumes.
+#
+# Preemption and time limits on Slurm (signal-and-requeue). The training checkpoints and exits 75
+# when it receives SIGUSR1 or SIGTERM; stage 4 then prints "preempted: rerun the same command to
+# continue" and, in a batch job, requeues it. Needed:
+#   --signal=USR1@120  (in slurm_train_opts below) Slurm sends SIGUSR1 to the training step 120 s before
+#                      the time limit: enough for the current iteration and the checkpoint write.
+#   --requeue          (sbatch option, give it when submitting: sbatch --requeue ... run.sh ...) lets the
+#                      job be requeued, by the scheduler on preemption or by requeue_job here.
+# A preempting scheduler sends SIGTERM (after its GraceTime), which works the same way.
 
 cmd_backend=${cmd_backend:-local}
 
 # Slurm options for CPU jobs (data preparation, statistics, decoding, scoring, tokens).
 slurm_cpu_opts=${slurm_cpu_opts:-"--cpus-per-task=2 --mem=8G --time=12:00:00"}
 # Slurm options for training; --gres=gpu:N, --nodes and --ntasks-per-node are added.
-slurm_train_opts=${slurm_train_opts:-"--cpus-per-task=8 --mem=64G --time=7-00:00:00"}
+# --signal=USR1@120: checkpoint and stop 120 s before the time limit (see above).
+slurm_train_opts=${slurm_train_opts:-"--cpus-per-task=8 --mem=64G --time=7-00:00:00 --signal=USR1@120"}
+# Requeue the batch job after a preemption (needs sbatch --requeue or the cluster's JobRequeue=1).
+slurm_requeue=${slurm_requeue:-true}
 # Slurm options for GPU decoding / token extraction jobs (used when --ngpu > 0).
 slurm_gpu_opts=${slurm_gpu_opts:-"--cpus-per-task=4 --mem=16G --time=12:00:00 --gres=gpu:1"}
 
@@ -99,7 +115,25 @@ run_train() {
     local rc=0
     case "$cmd_backend" in
         local)
-            "$@" >> "$log" 2>&1 || rc=$?
+            if [ "${num_nodes:-1}" -gt 1 ]; then
+                # A multi-node run rehearsed on this machine: each "node" is one process (which spawns
+                # one per GPU with --multiprocessing_distributed true), ranks given explicitly.
+                local node pids=() node_log r
+                for ((node = 0; node < num_nodes; node++)); do
+                    node_log=$log
+                    if [ "$node" -gt 0 ]; then node_log=${log%.log}.node${node}.log; _log_header "$node_log" "$@"; fi
+                    "$@" --dist_rank "$node" --dist_world_size "$num_nodes" >> "$node_log" 2>&1 &
+                    pids+=($!)
+                done
+                for node in "${!pids[@]}"; do
+                    r=0
+                    wait "${pids[$node]}" || r=$?
+                    # A failure outranks a preemption (75), which outranks success.
+                    if [ "$r" -ne 0 ] && { [ "$rc" -eq 0 ] || [ "$rc" -eq 75 ]; }; then rc=$r; fi
+                done
+            else
+                "$@" >> "$log" 2>&1 || rc=$?
+            fi
             ;;
         slurm)
             local gres=
@@ -116,4 +150,14 @@ run_train() {
     esac
     _log_footer "$log" "$rc"
     return "$rc"
+}
+
+# requeue_job: inside an sbatch job with slurm_requeue=true, requeue it (it reruns the same command).
+requeue_job() {
+    # (scontrol refuses interactive salloc jobs: then the message below says what to do.)
+    if [ "$cmd_backend" = slurm ] && [ "${slurm_requeue:-true}" = true ] && [ -n "${SLURM_JOB_ID:-}" ] &&
+        command -v scontrol >/dev/null; then
+        echo "requeueing Slurm job ${SLURM_JOB_ID}" >&2
+        scontrol requeue "$SLURM_JOB_ID" || echo "scontrol requeue failed: submit with sbatch --requeue" >&2
+    fi
 }

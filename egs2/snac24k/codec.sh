@@ -20,7 +20,7 @@ die() {
 stage=1                  # first stage to run
 stop_stage=6             # last stage to run (7 = pack the model, 8 = speech LM)
 ngpu=0                   # GPUs per node for training (0 = CPU); decoding/tokens use one if > 0
-num_nodes=1              # nodes for training (needs --cmd_backend slurm when > 1)
+num_nodes=1              # nodes for training (slurm: one task per node; local: one process group per "node" on this machine)
 nj=4                     # parallel jobs for data preparation and statistics
 inference_nj=2           # parallel jobs for decoding
 dataset=demo             # demo | folder:PATH | kaldi:PATH | hf:NAME[:CONFIG] | a preset in conf/datasets
@@ -125,9 +125,7 @@ case "$score_untrained" in true|false) ;; *) die "--score_untrained must be true
 case "$score_anchors" in true|false) ;; *) die "--score_anchors must be true or false, got '$score_anchors'" ;; esac
 case "$audio_format" in flac|ark) ;; *) die "--audio_format must be flac or ark, got '$audio_format'" ;; esac
 case "$cmd_backend" in local|slurm) ;; *) die "--cmd_backend must be local or slurm, got '$cmd_backend'" ;; esac
-if [ "$num_nodes" -gt 1 ] && [ "$cmd_backend" != slurm ]; then
-    die "--num_nodes $num_nodes needs --cmd_backend slurm"
-fi
+[ "$num_nodes" -ge 1 ] || die "--num_nodes must be at least 1"
 command -v "$python" >/dev/null || die "python interpreter '$python' not found (--python)"
 
 datadir=${datadir:-${workdir}/data}
@@ -400,17 +398,31 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
             opts+=(--multiprocessing_distributed true)
         fi
         if [ "$num_nodes" -gt 1 ]; then
-            # One task per node; ranks and the master come from Slurm, rendezvous via a shared file.
-            opts+=(--dist_launcher slurm
-                --dist_init_method "file://$(cd "$codec_exp" && pwd)/.dist_init_$(date +%s%N)")
+            # One task per node, rendezvous via a shared file. Slurm gives the ranks; the local backend
+            # runs the nodes as processes on this machine (run_train adds --dist_rank/--dist_world_size).
+            rm -f "${codec_exp}"/.dist_init_*
+            opts+=(--dist_init_method "file://$(cd "$codec_exp" && pwd)/.dist_init_$(date +%s%N)")
+            [ "$cmd_backend" = slurm ] && opts+=(--dist_launcher slurm)
             [ "$ngpu" -eq 0 ] && opts+=(--dist_backend gloo)
         fi
         log "Stage 4: training ${codec_exp} with ${train_config} (ngpu=${ngpu}, nodes=${num_nodes});" \
             "log: ${codec_exp}/train.log, TensorBoard: tensorboard --logdir ${codec_exp}/tensorboard"
         start=$(date +%s)
+        # SIGTERM/SIGUSR1 (Slurm preemption, --signal=USR1@120 in cmd.sh) reach the training, which
+        # checkpoints and exits 75; this shell waits for it instead of dying first.
+        trap 'log "Stage 4: stop signal received; waiting for the training to write its checkpoint"' TERM USR1
+        rc=0
         # shellcheck disable=SC2086
         run_train "${codec_exp}/train.log" \
-            "$python" -m espnet_snac.bin.gan_codec_train "${opts[@]}" ${train_args} ||
+            "$python" -m espnet_snac.bin.gan_codec_train "${opts[@]}" ${train_args} || rc=$?
+        trap - TERM USR1
+        if [ "$rc" -eq 75 ]; then
+            grep -h 'Training preempted' "${codec_exp}/train.log" "${codec_exp}"/train.node*.log 2>/dev/null >&2 || true
+            log "Stage 4: preempted: rerun the same command to continue (from ${codec_exp}/checkpoint.pth)"
+            requeue_job
+            exit 75
+        fi
+        [ "$rc" -eq 0 ] ||
             { tail -n 30 "${codec_exp}/train.log" >&2; die "Stage 4: training failed (log: ${codec_exp}/train.log)"; }
         end_training "Stage 4" "$codec_exp"
         log "Stage 4: training finished in $(( $(date +%s) - start )) s; models in ${codec_exp}"

@@ -9,12 +9,27 @@ from espnet_snac.registry import register
 
 register()
 
+import sys  # noqa: E402
+
+from espnet_snac.train.preemption import EXIT_PREEMPTED, forward_to_children  # noqa: E402
 from espnet_snac.train.task import SNACGANCodecTask  # noqa: E402
 
 
 def main(cmd=None):
-    """Run GAN-codec training (``--collect_stats true`` for statistics)."""
-    SNACGANCodecTask.main(cmd=cmd)
+    """Run GAN-codec training (``--collect_stats true`` for statistics).
+
+    SIGTERM / SIGUSR1 stop training after the current iteration with ``checkpoint.pth`` written and
+    exit status 75 (see :mod:`espnet_snac.train.preemption`); ``--resume true`` continues from it.
+    """
+    import torch.multiprocessing as mp
+
+    forward_to_children()  # ESPnet's multi-GPU parent passes the signals on to its training processes
+    try:
+        SNACGANCodecTask.main(cmd=cmd)
+    except mp.ProcessExitedException as e:  # a spawned training process: preempted, or failed
+        if e.exit_code == EXIT_PREEMPTED:
+            sys.exit(EXIT_PREEMPTED)
+        raise
 
 
 if __name__ == "__main__":

@@ -75,14 +75,48 @@ def rng_state() -> Dict[str, Any]:
     return state
 
 
+def _cpu(t: torch.Tensor, what: str) -> torch.Tensor:
+    if t.device.type != "cpu":
+        raise ValueError(f"the saved {what} random state is a {t.device} tensor; load the checkpoint with "
+                         "map_location='cpu' (random states are CPU tensors)")
+    return t
+
+
 def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s output; the tensors must be CPU tensors (checkpoints are loaded
+    with ``map_location='cpu'``): torch and NumPy accept nothing else."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
+    keys = _cpu(n["keys"], "NumPy")
+    np.random.set_state((n["name"], keys.numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(_cpu(state["torch"], "torch CPU"))
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+        cuda = [_cpu(t, "CUDA") for t in state["cuda"]]
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+
+
+def gather_rng_states(distributed: bool) -> List[Dict[str, Any]]:
+    """Every rank's :func:`rng_state`, in rank order (a collective when ``distributed``: all ranks call it)."""
+    mine = rng_state()
+    if not distributed:
+        return [mine]
+    states: List[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, mine)
+    return states
+
+
+def rank_rng_state(state: Dict[str, Any], rank: int, world_size: int) -> Optional[Dict[str, Any]]:
+    """The random state that ``rank`` of ``world_size`` saved in checkpoint ``state``; rank 0's (with a
+    warning) when the checkpoint was written by a different number of ranks or before per-rank states."""
+    ranks = state.get("rng_ranks")
+    if ranks and len(ranks) == world_size:
+        return ranks[rank]
+    if ranks or world_size > 1:
+        logging.warning(f"The checkpoint holds random states of {len(ranks) if ranks else 1} rank(s), not "
+                        f"{world_size}: rank {rank} continues with rank 0's (results differ from an "
+                        "uninterrupted run)")
+    return state.get("rng")
 
 
 def save_checkpoint(output_dir: PathLike, state: Dict[str, Any]) -> Path:

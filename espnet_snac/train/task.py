@@ -6,11 +6,15 @@ entry point ``python -m espnet_snac.bin.gan_codec_train`` uses this task.
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Optional
 
 from espnet2.tasks.gan_codec import GANCodecTask
 from espnet2.utils.nested_dict_action import NestedDictAction
 
+from espnet_snac.train.preemption import EXIT_PREEMPTED, TrainingPreempted
 from espnet_snac.train.trainer import SNACGANTrainer
+from espnet_snac.train.unreadable_audio import DEFAULT_MAX_CONSECUTIVE, wrap_iter_factory
 
 
 class SNACGANCodecTask(GANCodecTask):
@@ -25,6 +29,29 @@ class SNACGANCodecTask(GANCodecTask):
             help="Keyword arguments of espnet_snac.train.augment.BatchAugment, applied to each training "
                  "batch on the device before both turns (empty: off)",
         )
+        group = parser.add_argument_group(description="Unreadable audio during training")
+        group.add_argument(
+            "--max_consecutive_unreadable", type=int, default=DEFAULT_MAX_CONSECUTIVE,
+            help="An audio file that cannot be read during training (deleted, truncated, NFS error) is "
+                 "logged, counted and skipped; this many failures in a row stop the run",
+        )
+
+    @classmethod
+    def build_iter_factory(cls, args: argparse.Namespace, distributed_option, mode: str,
+                           kwargs: Optional[dict] = None):
+        factory = super().build_iter_factory(args, distributed_option, mode, kwargs)
+        if mode in ("train", "valid"):
+            wrap_iter_factory(factory, getattr(args, "max_consecutive_unreadable", DEFAULT_MAX_CONSECUTIVE), mode)
+        return factory
+
+    @classmethod
+    def main_worker(cls, args: argparse.Namespace):
+        """ESPnet's worker; a preempted run exits with :data:`EXIT_PREEMPTED` (no traceback), also in the
+        processes ESPnet spawns for ``--multiprocessing_distributed``."""
+        try:
+            super().main_worker(args)
+        except TrainingPreempted:
+            sys.exit(EXIT_PREEMPTED)
 
     @classmethod
     def get_parser(cls):

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
@@ -30,7 +31,9 @@ from espnet2.utils.types import float_or_none, int_or_none
 
 from espnet_snac.atomic_files import atomic_torch_save
 from espnet_snac.train import checkpointing as ckpt
+from espnet_snac.train import preemption
 from espnet_snac.train.nonfinite import NonFiniteTrainingError
+from espnet_snac.train.preemption import TrainingPreempted
 from espnet_snac.train.samples import write_validation_samples
 from espnet_snac.train.step import PRECISIONS, GANStep, StepConfig, clear_cache, unwrap
 
@@ -117,9 +120,18 @@ class SNACGANTrainer(GANTrainer):
         if plot_attention_iter_factory is not None:
             logging.warning("Attention plots are not supported for GAN codecs; num_att_plot is ignored")
 
+        with preemption.armed():
+            cls._run(model, optimizers, schedulers, train_iter_factory, valid_iter_factory, opts,
+                     distributed_option, output_dir, rank0, device, keep_nbest)
+
+    @classmethod
+    def _run(cls, model, optimizers, schedulers, train_iter_factory, valid_iter_factory, opts,
+             distributed_option, output_dir, rank0, device, keep_nbest) -> None:
+        distributed = distributed_option.distributed
+        _refuse_data_parallel(distributed_option)  # before any work
         reporter = Reporter()
-        resume = cls._resume(opts, model, optimizers, schedulers, reporter, device)  # before DDP wraps it
-        dp_model = cls._wrap(model, opts, distributed_option)
+        resume = cls._resume(opts, model, optimizers, schedulers, reporter, distributed_option)
+        dp_model = cls._wrap(model, opts, distributed_option)  # after the resume: DDP syncs rank 0's weights
         step = GANStep(dp_model, optimizers, schedulers, step_config(opts), device=device,
                        distributed=distributed_option.distributed)
         if resume:
@@ -148,9 +160,11 @@ class SNACGANTrainer(GANTrainer):
             skip = resume["batches"] if resume and resume["epoch"] == iepoch else 0
 
             def save_mid_epoch(batches: int, _epoch=iepoch):
+                # Every rank's random state goes into the file (a collective: all ranks call this).
+                rng_ranks = ckpt.gather_rng_states(distributed)
                 if rank0:
                     cls._save(output_dir, model, optimizers, schedulers, reporter, step,
-                              completed_epoch=_epoch - 1, epoch=_epoch, batches=batches)
+                              completed_epoch=_epoch - 1, epoch=_epoch, batches=batches, rng_ranks=rng_ranks)
 
             with reporter.observe("train") as sub_reporter:
                 sub_reporter.total_count += skip  # keep tensorboard steps monotonic after a resume
@@ -160,10 +174,15 @@ class SNACGANTrainer(GANTrainer):
                         reporter=sub_reporter, summary_writer=writers.get("train"), options=opts,
                         distributed_option=distributed_option, skip_batches=skip,
                         rng_after_skip=resume["rng"] if skip else None, schedule=schedule, save=save_mid_epoch,
+                        unreadable=_tolerant_dataset(train_iter_factory),
                     )
                 except NonFiniteTrainingError as e:
                     last = output_dir / ckpt.LATEST
                     logging.error(f"{e} Last good checkpoint: {last if last.exists() else 'none yet'}")
+                    raise
+                except TrainingPreempted as e:
+                    _log_preempted(f"{e}: {output_dir / ckpt.LATEST} written; rerun the same command to continue",
+                                   distributed_option)
                     raise
             with reporter.observe("valid") as sub_reporter:
                 cls.validate_one_epoch(
@@ -181,6 +200,12 @@ class SNACGANTrainer(GANTrainer):
                 cls._end_of_epoch(output_dir, model, optimizers, schedulers, reporter, step, opts, iepoch,
                                   keep_nbest, writers)
                 schedule.written()
+            if _any_rank(preemption.requested(), distributed, device) and iepoch < opts.max_epoch:
+                # A signal during validation or the epoch's end: the epoch's checkpoint is written.
+                where = f"({preemption.signal_name()}) after epoch {iepoch}, iteration {step.iteration}"
+                _log_preempted(f"{where}: {output_dir / ckpt.LATEST} written; rerun the same command to continue",
+                               distributed_option)
+                raise TrainingPreempted(where)
             if all_steps_are_invalid:
                 logging.warning("The gradients at all steps are invalid in this epoch. "
                                 f"Something seems wrong. This training was stopped at {iepoch}epoch")
@@ -196,27 +221,43 @@ class SNACGANTrainer(GANTrainer):
 
     @staticmethod
     def _wrap(model, opts, distributed_option):
+        """DDP for distributed runs; DataParallel is refused (see the error message).
+
+        ``find_unused_parameters=True`` whatever ESPnet's ``unused_parameters`` says: the two turns
+        alternate on one wrapped model and the discriminator turn never uses the generator's
+        parameters (the generator runs without gradients there), so DDP must find them each forward.
+        ``broadcast_buffers=False``: rank 0's buffers would be re-sent every forward, yet SNAC's
+        buffers are constants (STFT windows, mel filterbanks, the quantizer's fixed tables), identical
+        on every rank from construction or the checkpoint, and nothing writes them during training.
+        """
         if distributed_option.distributed:
             single = distributed_option.ngpu == 1
             return torch.nn.parallel.DistributedDataParallel(
                 model,
                 device_ids=[torch.cuda.current_device()] if single and opts.ngpu > 0 else None,
                 output_device=torch.cuda.current_device() if single and opts.ngpu > 0 else None,
-                find_unused_parameters=opts.unused_parameters,
+                find_unused_parameters=True,
+                broadcast_buffers=False,
                 gradient_as_bucket_view=opts.gradient_as_bucket_view,
             )
-        if distributed_option.ngpu > 1:
-            return torch.nn.parallel.DataParallel(model, device_ids=list(range(distributed_option.ngpu)))
+        _refuse_data_parallel(distributed_option)
         return model
 
     # ------------------------------------------------------------------ checkpoints
     @staticmethod
-    def _resume(opts, model, optimizers, schedulers, reporter, device) -> Optional[Dict[str, Any]]:
+    def _resume(opts, model, optimizers, schedulers, reporter,
+                distributed_option: Optional[DistributedOption] = None) -> Optional[Dict[str, Any]]:
         """Load the newest readable checkpoint into the model, optimizers, schedulers and reporter;
-        returns what the epoch loop needs (position in the epoch, random state, trainer state)."""
+        returns what the epoch loop needs (position in the epoch, this rank's random state, trainer state).
+
+        The file is mapped to the CPU whatever the training device: the random states must be CPU
+        tensors for ``torch.set_rng_state``/NumPy, ``load_state_dict`` copies the weights onto the
+        model's device, and the optimizers move their moments to their parameters' device while
+        keeping AdamW's ``step`` counters on the CPU, as torch expects (no host sync per step).
+        """
         if not opts.resume:
             return None
-        found = ckpt.load_checkpoint(opts.output_dir, map_location=device)
+        found = ckpt.load_checkpoint(opts.output_dir, map_location="cpu")
         if found is None:
             return None
         state, path = found
@@ -230,10 +271,17 @@ class SNACGANTrainer(GANTrainer):
         t = state["trainer"]
         where = f"epoch {t['epoch']}, {t['batches']} batches in" if t["batches"] else f"end of epoch {reporter.get_epoch()}"
         logging.info(f"The training was resumed using {path} ({where}, iteration {t['iteration']})")
-        return {"epoch": int(t["epoch"]), "batches": int(t["batches"]), "rng": state.get("rng"), "trainer": t}
+        distributed = distributed_option is not None and distributed_option.distributed
+        rank = distributed_option.dist_rank if distributed else 0
+        world = distributed_option.dist_world_size if distributed else 1
+        rng = ckpt.rank_rng_state(state, rank, world)
+        return {"epoch": int(t["epoch"]), "batches": int(t["batches"]), "rng": rng, "trainer": t}
 
     @staticmethod
-    def _save(output_dir, model, optimizers, schedulers, reporter, step, completed_epoch, epoch, batches):
+    def _save(output_dir, model, optimizers, schedulers, reporter, step, completed_epoch, epoch, batches,
+              rng_ranks: Optional[List[Dict[str, Any]]] = None):
+        """``rng_ranks``: every rank's random state (rank order); None: this process's only."""
+        rng_ranks = rng_ranks or [ckpt.rng_state()]
         trainer_state = {**step.state_dict(), "epoch": int(epoch), "batches": int(batches)}
         ckpt.save_checkpoint(output_dir, {
             "model": model.state_dict(),
@@ -242,7 +290,8 @@ class SNACGANTrainer(GANTrainer):
             "reporter": ckpt.reporter_state(reporter, completed_epoch),
             "trainer": trainer_state,
             "scaler": None,  # ESPnet's key; our scalers (one per network) are in trainer["scalers"]
-            "rng": ckpt.rng_state(),
+            "rng": rng_ranks[0],  # rank 0's (also what older readers use)
+            "rng_ranks": rng_ranks,
         })
 
     @classmethod
@@ -287,11 +336,13 @@ class SNACGANTrainer(GANTrainer):
     def train_one_epoch(cls, model: torch.nn.Module, iterator: Iterable, step: GANStep, reporter: SubReporter,
                         summary_writer, options: SNACGANTrainerOptions, distributed_option: DistributedOption,
                         skip_batches: int = 0, rng_after_skip: Optional[Dict[str, Any]] = None,
-                        schedule: Optional[ckpt.CheckpointSchedule] = None, save=None) -> bool:
+                        schedule: Optional[ckpt.CheckpointSchedule] = None, save=None,
+                        unreadable=None) -> bool:
         """Train one epoch; returns True if no step of the epoch was applied (ESPnet's stop signal).
 
         ``skip_batches`` batches are drawn and dropped first (mid-epoch resume), then the random
-        state ``rng_after_skip`` of the interrupted run is restored.
+        state ``rng_after_skip`` of the interrupted run is restored. ``unreadable``: the
+        :class:`~espnet_snac.train.unreadable_audio.TolerantDataset` whose count of skipped files is logged.
         """
         distributed = distributed_option.distributed
         device = step.device
@@ -326,6 +377,8 @@ class SNACGANTrainer(GANTrainer):
                 weighted, plain = out
                 reporter.register(weighted, audio.shape[0])
                 plain["train_time"] = time.perf_counter() - start
+                if unreadable is not None:
+                    plain["unreadable_audio_files"] = float(unreadable.total)
                 reporter.register(plain)
             start = time.perf_counter()
             reporter.next()
@@ -335,9 +388,18 @@ class SNACGANTrainer(GANTrainer):
                     reporter.tensorboard_add_scalar(summary_writer, -log_interval)
                 if options.use_wandb:
                     reporter.wandb_log()
-            if schedule is not None and save is not None and step.guard.healthy and schedule.due(step.iteration):
+            # Checkpoint and preemption decisions are agreed by all ranks (one all-reduce): a rank's
+            # clock or signal decides for everyone, so all save together and stop at this iteration.
+            due = bool(schedule is not None and save is not None and step.guard.healthy
+                       and schedule.due(step.iteration))
+            due, preempted = _any_rank([due, preemption.requested()], distributed, device)
+            if (due or preempted) and save is not None:
                 save(batches)
-                schedule.written()
+                if schedule is not None:
+                    schedule.written()
+            if preempted:
+                raise TrainingPreempted(f"({preemption.signal_name()}) at epoch {reporter.get_epoch()}, "
+                                        f"batch {batches}, iteration {step.iteration}")
         else:
             if distributed:
                 stop.fill_(1)
@@ -394,6 +456,41 @@ class SNACGANTrainer(GANTrainer):
             reporter.next()
         if rank0 and output_dir is not None and sample_audio and sample_audio[0] is not None:
             _write_samples(codec, sample_audio[0], output_dir / SAMPLES_DIR / f"epoch_{epoch}", epoch, summary_writer)
+
+
+def _log_preempted(message: str, distributed_option: DistributedOption) -> None:
+    """``Training preempted ...`` in the log; other ranks (ESPnet logs only their errors) say it on stderr."""
+    if distributed_option.distributed and distributed_option.dist_rank:
+        print(f"[rank {distributed_option.dist_rank}] Training preempted {message}", file=sys.stderr, flush=True)
+    else:
+        logging.warning(f"Training preempted {message}")
+
+
+def _tolerant_dataset(iter_factory):
+    dataset = getattr(getattr(iter_factory, "per_sample_iter_factory", None), "dataset", None)
+    return dataset if hasattr(dataset, "max_consecutive") else None
+
+
+def _refuse_data_parallel(distributed_option: DistributedOption) -> None:
+    if not distributed_option.distributed and distributed_option.ngpu > 1:
+        raise ValueError(
+            f"--ngpu {distributed_option.ngpu} without --multiprocessing_distributed true would train with "
+            "torch DataParallel, which this GAN trainer does not support (the turn index cannot be gathered "
+            "and the replicas would share one codebook-health tracker). Add --multiprocessing_distributed "
+            "true (one process per GPU with DistributedDataParallel; the recipe does this for --ngpu > 1) "
+            "or use --ngpu 1."
+        )
+
+
+def _any_rank(flags, distributed: bool, device):
+    """``flags`` (a bool or a list of bools) OR-ed over all ranks (a MAX all-reduce when distributed)."""
+    single = isinstance(flags, bool)
+    values = [bool(f) for f in ([flags] if single else flags)]
+    if distributed:
+        t = torch.tensor([float(v) for v in values], device=device)
+        torch.distributed.all_reduce(t, torch.distributed.ReduceOp.MAX)
+        values = [v > 0 for v in t.tolist()]
+    return values[0] if single else values
 
 
 def _call(codec, name: str):
