@@ -16,7 +16,9 @@ Each repeat times official and ours back to back (alternating, so background loa
 alike); the median over repeats is reported. Peak memory: the largest resident-set growth during
 a side's runs on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Codes of ours are compared with
 the official codes utterance by utterance; decoded audio is compared one by one with the noise
-blocks off on both sides (their noise is random by design). Last line:
+blocks off on both sides (their noise is random by design). On CUDA both sides run in IEEE fp32 (TF32
+off, deterministic cuDNN: ``tokens.batching.exact_cuda_math``), the setting under which codes can be
+compared; PyTorch's default TF32 convolutions round differently per kernel. Last line:
 ``encode_speedup=X decode_speedup=Y codes_identical=true|false``.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ from espnet_snac import kernels  # noqa: E402
 from espnet_snac.audio_io import load_mono, to_mono  # noqa: E402
 from espnet_snac.model import SNAC, SNAC_24KHZ  # noqa: E402
 from espnet_snac.scp import load_scp_audio, read_scp  # noqa: E402
-from espnet_snac.tokens.batching import default_rows_per_call, encode_exact  # noqa: E402
+from espnet_snac.tokens.batching import default_rows_per_call, encode_exact, exact_cuda_math  # noqa: E402
 
 RATE = 24000
 
@@ -224,7 +226,7 @@ def main() -> None:
 
     times: Dict[str, List[float]] = {k: [] for k in ("off_enc", "our_enc", "off_dec", "our_dec")}
     memory: Dict[str, List[float]] = {k: [] for k in times}
-    with torch.inference_mode():
+    with torch.inference_mode(), exact_cuda_math(device):
         ours_encode(ours, audios[:1], 1)  # warm-up: allocator, kernels, folded weights
         official_encode(official, audios[:1])
         for _ in range(args.repeats):

@@ -14,7 +14,10 @@ codes from random weights cost the same to compute as from trained ones). Audio:
   to one by one).
 
 Prints measured numbers only: wall seconds, audio seconds per second, real-time factor, and how
-many utterances' codes differ from the official one-by-one codes.
+many utterances' codes differ from the official one-by-one codes. On CUDA every row runs in IEEE
+fp32 (TF32 off, deterministic cuDNN: ``tokens.batching.exact_cuda_math``, the setting of the exact
+path), so differences come from the method, not from TF32. Last line:
+``audio_s_per_s=X rtf=Y codes_identical=true|false`` for the exact batches against ours one by one.
 """
 from __future__ import annotations
 
@@ -34,11 +37,12 @@ sys.path.insert(0, str(REPO))
 from espnet_snac.audio_io import load_mono  # noqa: E402
 from espnet_snac.frames import codes_to_frames  # noqa: E402
 from espnet_snac.model import SNAC, SNAC_24KHZ  # noqa: E402
-from espnet_snac.tokens.batching import BatchEncoder  # noqa: E402
+from espnet_snac.tokens.batching import BatchEncoder, exact_cuda_math  # noqa: E402
 
 
 def load_audio(n: int) -> List[np.ndarray]:
-    files = sorted((REPO / "local" / "demo_corpus").rglob("*.flac"))[:n]
+    files = sorted((REPO / "local" / "demo_corpus").rglob("*.flac"))
+    files = files[:n] if n > 0 else files
     if not files:
         raise SystemExit("local/demo_corpus has no audio; run local/make_demo_corpus.sh")
     return [load_mono(f, 24000)[0] for f in files]
@@ -89,7 +93,7 @@ def timed(fn: Callable, device, repeats: int):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--num_files", type=int, default=16)
+    p.add_argument("--num_files", type=int, default=16, help="first N demo-corpus utterances (0: all)")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--repeats", type=int, default=2, help="best of N runs per row")
@@ -123,13 +127,21 @@ def main() -> None:
         ("ours, exact batches", lambda: encoder.encode(audios)),
     ]
     reference = None
+    results = {}
     print(f"{'method':<24} {'wall s':>8} {'audio-s/s':>10} {'RTF':>8} {'utts differing':>15}")
-    for name, fn in rows:
-        wall, frames = timed(fn, device, args.repeats)
-        if reference is None:
-            reference = frames
-        differ = sum(not np.array_equal(a, b) for a, b in zip(frames, reference))
-        print(f"{name:<24} {wall:>8.2f} {seconds / wall:>10.1f} {wall / seconds:>8.4f} {differ:>9}/{len(audios)}")
+    with exact_cuda_math(device):
+        for name, fn in rows:
+            wall, frames = timed(fn, device, args.repeats)
+            if reference is None:
+                reference = frames
+            results[name] = (wall, frames)
+            differ = sum(not np.array_equal(a, b) for a, b in zip(frames, reference))
+            print(f"{name:<24} {wall:>8.2f} {seconds / wall:>10.1f} {wall / seconds:>8.4f} {differ:>9}/{len(audios)}")
+    wall, exact = results["ours, exact batches"]
+    alone = results["ours, one by one"][1]
+    identical = all(np.array_equal(a, b) for a, b in zip(exact, alone))
+    print(f"audio_s_per_s={seconds / wall:.1f} rtf={wall / seconds:.5f} "
+          f"codes_identical={'true' if identical else 'false'}")
 
 
 if __name__ == "__main__":
