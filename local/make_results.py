@@ -73,6 +73,24 @@ def bitrate_bps(meta: Dict) -> float:
     return bits_per_frame * meta["fs"] / meta["frame_shift"]
 
 
+def codebook_use(decode_dir: Path, codebook_size: int):
+    """Collapse verdict (``espnet_snac.tokens.stats``) of the codes stage 5 wrote for one set
+    (``decode_dir/codec.scp``: ``(7, 1, frames)`` npy per utterance); ``None`` without codes."""
+    import numpy as np
+
+    from espnet_snac.scp import read_scp
+    from espnet_snac.tokens.stats import CodebookStats, collapse_verdict
+
+    scp = decode_dir / "codec.scp"
+    if not scp.is_file():
+        return None
+    stats = CodebookStats(codebook_size)
+    for path in read_scp(scp).values():
+        codes = np.load(path)
+        stats.add(codes.reshape(codes.shape[0], -1).T.astype(np.int64))  # (frames, 7)
+    return collapse_verdict(stats.summary(), codebook_size)
+
+
 def _fmt(value, pattern: str) -> str:
     if value is None:
         return "n/a"
@@ -139,8 +157,10 @@ def render(
     sets: Sequence[Tuple[str, Path]],
     untrained: Optional[Dict[str, Dict]] = None,
     anchors: Optional[Dict[str, Dict[str, Dict]]] = None,
+    codebooks: Optional[Dict[str, object]] = None,
 ) -> str:
-    """The Markdown text of RESULTS.md."""
+    """The Markdown text of RESULTS.md; ``codebooks``: per set, the collapse verdict of its codes
+    (:func:`codebook_use`)."""
     from importlib.metadata import version
 
     import torch
@@ -161,6 +181,10 @@ def render(
     ]
     if "generator_params" in meta:
         lines.append(f"- generator parameters: {meta['generator_params']:,}")
+    verdicts = codebooks or {}
+    for name, verdict in verdicts.items():
+        if verdict is not None and verdict.collapsed:
+            lines += ["", "```", verdict.box(f"the codes of the {name} set"), "```"]
     lines += [
         "",
         "## Reconstruction metrics (averages over utterances)",
@@ -198,6 +222,10 @@ def render(
         lines += _metric_table(["set", "reference", "failed"], "|---|---|---:|",
                                [([name, ANCHORS[anchor], str(r["num_failed"])], r)
                                 for name, rows in anchors.items() for anchor, r in rows.items()])
+    if any(v is not None for v in verdicts.values()):
+        lines += ["", "## Codebook use (collapse check, see docs/tokens.md)", ""]
+        lines += [f"- {name}: {v.usage_line()}" + (" — **collapsed**" if v.collapsed else "")
+                  for name, v in verdicts.items() if v is not None]
     lines += ["", "## Files", ""]
     for name, scoring_dir in sets:
         decode_dir = scoring_dir.parent
@@ -251,8 +279,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f"make_results: scoring the reference points failed: {e}", file=sys.stderr)
         return 1
-    text = render(args.exp_dir, args.model_file, meta, args.scoring_dir, untrained, anchors)
+    codebooks = {name: codebook_use(d.parent, meta["code_size_per_stream"][0]) for name, d in args.scoring_dir}
+    text = render(args.exp_dir, args.model_file, meta, args.scoring_dir, untrained, anchors, codebooks)
     atomic_write_text(args.output, text)
+    for name, scoring_dir in args.scoring_dir:  # the collapse box on the console as well
+        verdict = codebooks[name]
+        if verdict is not None:
+            print(f"{name}: {verdict.usage_line()}")
+            if verdict.collapsed:
+                print(verdict.box(f"the codes of the {name} set ({scoring_dir.parent})"), file=sys.stderr)
     print(f"wrote {args.output}")
     return 0
 

@@ -32,6 +32,7 @@ from espnet_snac.tokens.inputs import AudioItems, read_inputs
 from espnet_snac.tokens.layout import FRAME_RULES, ORPHEUS_BASE
 from espnet_snac.tokens.merge import FORMATS, merge_shards, write_summary
 from espnet_snac.tokens.shards import ShardWriter, read_shards, shard_dir
+from espnet_snac.tokens.stats import collapse_verdict
 
 log = logging.getLogger("extract_tokens")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -254,7 +255,7 @@ def summarize(result, timings: List[dict], n_inputs: int, rate: int, frame_sampl
     )
 
 
-def print_summary(summary: dict, out=sys.stdout) -> None:
+def print_summary(summary: dict, out=sys.stdout, name: str = "") -> None:
     run = summary["this_run"]
     lines = [
         f"utterances: {summary['utterances_in']} in = {summary['written']} written + "
@@ -267,6 +268,11 @@ def print_summary(summary: dict, out=sys.stdout) -> None:
     for lv in summary["levels"]:
         lines.append(f"level {lv['level']}: {lv['codes']} codes, {lv['used']}/4096 used "
                      f"({100 * lv['usage']:.1f}%), perplexity {lv['perplexity']:.1f}")
+    if summary["levels"]:
+        verdict = collapse_verdict(summary["levels"])
+        lines.append(verdict.usage_line())
+        if verdict.collapsed:
+            lines.append(verdict.box(f"the tokens of {name}" if name else "these tokens"))
     print("\n".join(lines), file=out, flush=True)
 
 
@@ -340,7 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except OSError as exc:
             raise SystemExit(f"extract_tokens: cannot write {args.output_dir / 'stats.json'} ({exc}); free space "
                              "and re-run the same command") from exc
-        print_summary(summary)
+        print_summary(summary, name=str(args.output_dir))
         if result.missing:
             log.error("%d utterances are neither written nor rejected (a rank stopped early?); re-run to resume: %s",
                       len(result.missing), " ".join(result.missing[:10]))

@@ -14,12 +14,13 @@ window, per validation pass and per dead-code check).
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
-from espnet_snac.train.code_histogram import CodeHistogram, code_counts
+from espnet_snac.train.code_histogram import CodeHistogram, code_counts, world_size
 from espnet_snac.train.dead_codes import DeadCodeRestart
 
 
@@ -65,10 +66,29 @@ class CodebookHealth:
         stats: Dict[str, float] = {}
         device = codebooks[0].weight.device
         if self.step % self.window == 0:
+            counts = self.train_counts.counts  # codes per level in this window, for the collapse check
+            emitted = counts.sum(-1).tolist() if counts is not None else []
             stats.update(self.train_counts.summary("window", device))
+            self._warn_collapse(stats, emitted)
         if self.restart is not None and self.step % self.restart.after == 0:
             stats.update(self.restart.restart(self.step, codebooks))
         return stats
+
+    def _warn_collapse(self, stats: Dict[str, float], emitted: Sequence[int]) -> None:
+        """Log a warning when a level's window usage is below the collapse threshold shared with the
+        recipe and ``extract_tokens`` (``espnet_snac.tokens.stats.collapse_verdict``)."""
+        if not stats or len(emitted) != self.n_levels:
+            return
+        from espnet_snac.tokens.stats import CollapseVerdict
+
+        ranks = world_size()  # this rank's counts; the window's statistics are summed over ranks
+        verdict = CollapseVerdict(used=[int(stats[f"codes_used_window_{lv}"]) for lv in range(self.n_levels)],
+                                  codes=[int(n) * ranks for n in emitted], codebook_size=self.codebook_size)
+        if verdict.collapsed_levels:
+            logging.warning("codebook collapse at step %d: %s over the last %d steps; level(s) %s below %.0f%% of "
+                            "the codes they could use (see docs/tokens.md, Collapse)", self.step,
+                            verdict.usage_line(), self.window, ", ".join(map(str, verdict.collapsed_levels)),
+                            100 * verdict.share)
 
     def validation_start(self) -> None:
         self.valid_counts.reset()
