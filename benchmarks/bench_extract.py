@@ -16,8 +16,10 @@ codes from random weights cost the same to compute as from trained ones). Audio:
 Prints measured numbers only: wall seconds, audio seconds per second, real-time factor, and how
 many utterances' codes differ from the official one-by-one codes. On CUDA every row runs in IEEE
 fp32 (TF32 off, deterministic cuDNN: ``tokens.batching.exact_cuda_math``, the setting of the exact
-path), so differences come from the method, not from TF32. Last line:
-``audio_s_per_s=X rtf=Y codes_identical=true|false`` for the exact batches against ours one by one.
+path), so differences come from the method, not from TF32; one more row on CUDA, the same batches
+with PyTorch's TF32 defaults, measures what exactness costs. Last line: ``audio_s_per_s=X rtf=Y
+codes_identical=true|false`` for the exact batches against ours one by one (``tf32_audio_s_per_s=Z``
+on CUDA).
 """
 from __future__ import annotations
 
@@ -128,20 +130,31 @@ def main() -> None:
     ]
     reference = None
     results = {}
-    print(f"{'method':<24} {'wall s':>8} {'audio-s/s':>10} {'RTF':>8} {'utts differing':>15}")
+    print(f"{'method':<28} {'wall s':>8} {'audio-s/s':>10} {'RTF':>8} {'utts differing':>15}")
+
+    def row(name: str, fn: Callable) -> None:
+        nonlocal reference
+        wall, frames = timed(fn, device, args.repeats)
+        if reference is None:
+            reference = frames
+        results[name] = (wall, frames)
+        differ = sum(not np.array_equal(a, b) for a, b in zip(frames, reference))
+        print(f"{name:<28} {wall:>8.2f} {seconds / wall:>10.1f} {wall / seconds:>8.4f} {differ:>9}/{len(audios)}")
+
     with exact_cuda_math(device):
         for name, fn in rows:
-            wall, frames = timed(fn, device, args.repeats)
-            if reference is None:
-                reference = frames
-            results[name] = (wall, frames)
-            differ = sum(not np.array_equal(a, b) for a, b in zip(frames, reference))
-            print(f"{name:<24} {wall:>8.2f} {seconds / wall:>10.1f} {wall / seconds:>8.4f} {differ:>9}/{len(audios)}")
+            row(name, fn)
+    extra = ""
+    if device.type == "cuda":  # what exactness costs: the same batches with PyTorch's TF32 defaults
+        inexact = BatchEncoder(ours, batch_size=args.batch_size, cuda_exact_math=False)
+        row("ours, batches, TF32 default", lambda: inexact.encode(audios))
+        tf32_wall = results["ours, batches, TF32 default"][0]
+        extra = f" tf32_audio_s_per_s={seconds / tf32_wall:.1f}"
     wall, exact = results["ours, exact batches"]
     alone = results["ours, one by one"][1]
     identical = all(np.array_equal(a, b) for a, b in zip(exact, alone))
     print(f"audio_s_per_s={seconds / wall:.1f} rtf={wall / seconds:.5f} "
-          f"codes_identical={'true' if identical else 'false'}")
+          f"codes_identical={'true' if identical else 'false'}{extra}")
 
 
 if __name__ == "__main__":

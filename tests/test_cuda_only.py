@@ -88,11 +88,11 @@ def test_extract_tokens_on_cuda_with_an_out_of_memory_batch(model_cpu, tmp_path,
     assert extract_tokens.main([*args, "--output_dir", str(tmp_path / "clean")]) == 0
     real = batching.encode_exact
 
-    def oom_for_batches(model, audios, rows_per_call=None):
+    def oom_for_batches(model, audios, rows_per_call=None, **options):
         if len(audios) > 1:
             _held = torch.empty(len(audios), 1 << 20, device="cuda")  # real GPU memory in the failed frame  # noqa: F841
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real(model, audios, rows_per_call)
+        return real(model, audios, rows_per_call, **options)
 
     monkeypatch.setattr(batching, "encode_exact", oom_for_batches)
     assert extract_tokens.main([*args, "--output_dir", str(tmp_path / "oom")]) == 0

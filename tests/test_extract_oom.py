@@ -50,13 +50,13 @@ def test_oom_batch_is_released_then_retried_one_by_one_without_rejects(setup, tm
     failed_batches: list = []  # weak references to the signals of each batch that ran out of memory
     alive_at_retry: list = []
 
-    def encode_exact_oom(model, audios, rows_per_call=None):
+    def encode_exact_oom(model, audios, rows_per_call=None, **options):
         if len(audios) > 1:
             failed_batches.append([weakref.ref(a) for a in audios])
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
         gc.collect()  # only cycles aside: what is still referenced is kept alive on purpose
         alive_at_retry.append(sum(r() is not None for batch in failed_batches for r in batch))
-        return real(model, audios, rows_per_call)
+        return real(model, audios, rows_per_call, **options)
 
     monkeypatch.setattr(batching, "encode_exact", encode_exact_oom)
     faulty = tmp_path / "faulty"
@@ -117,7 +117,7 @@ def test_exact_batching_on_cuda_turns_tf32_and_autotuning_off_and_restores_them(
                                 pad_multiple=2048)
     monkeypatch.setattr(batching, "torch", SimpleNamespace(  # tensors stay on CPU, the model says cuda
         zeros=lambda *a, device=None, **k: torch.zeros(*a, **k), tensor=lambda x, device=None: torch.tensor(x),
-        no_grad=torch.no_grad, backends=torch.backends))
+        no_grad=torch.no_grad, backends=torch.backends, device=torch.device))
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     # a user's own settings: TF32 on, autotuning on
     before = (cudnn.conv.fp32_precision, matmul.fp32_precision, cudnn.deterministic, cudnn.benchmark)
@@ -128,6 +128,8 @@ def test_exact_batching_on_cuda_turns_tf32_and_autotuning_off_and_restores_them(
         assert seen == [("ieee", "ieee", True, False)]  # inside the exact encode
         assert _flags() == ("tf32", "tf32", False, True)  # the user's settings are back
         assert [c.shape[0] for c in out[0]] == [2] and [c.shape[0] for c in out[1]] == [3]  # rows cut to own length
+        batching.encode_exact(fake_cuda, [torch.zeros(3000)], cuda_exact_math=False)  # measuring the cost
+        assert seen[1] == ("tf32", "tf32", False, True)  # the caller's settings, untouched
 
         def boom(model, batch, lengths):
             raise torch.OutOfMemoryError("injected")

@@ -157,12 +157,14 @@ def _encode_rows(model: nn.Module, batch: torch.Tensor, lengths: torch.Tensor) -
 
 @torch.no_grad()
 def encode_exact(model: nn.Module, audios: Sequence[torch.Tensor],
-                 rows_per_call: Optional[int] = None) -> List[List[torch.Tensor]]:
+                 rows_per_call: Optional[int] = None, cuda_exact_math: bool = True) -> List[List[torch.Tensor]]:
     """Encode 1-D signals of any lengths in one batch.
 
     Returns per signal the list of per-level codes ``[(T_0,), (T_1,), ...]``, equal to
     ``model.encode(audio[None, None])`` for that signal alone. All signals must be on one device.
     ``rows_per_call``: rows per encoder call (``None``: :func:`default_rows_per_call`; 0: all).
+    ``cuda_exact_math=False`` keeps the caller's TF32/cuDNN settings on CUDA (faster, not exact:
+    for measuring what :func:`exact_cuda_math` costs).
     """
     if not audios:
         return []
@@ -179,7 +181,7 @@ def encode_exact(model: nn.Module, audios: Sequence[torch.Tensor],
         batch = torch.zeros(len(group), 1, total, device=first.device, dtype=group[0].dtype)
         for row, a in enumerate(group):
             batch[row, 0, : a.shape[-1]] = a
-        with exact_cuda_math(first.device):
+        with exact_cuda_math(first.device if cuda_exact_math else torch.device("cpu")):
             codes = _encode_rows(model, batch, torch.tensor(padded, device=first.device))
         for row, p in enumerate(padded):
             out.append([c[row, : c.shape[1] * p // total] for c in codes])
@@ -195,7 +197,7 @@ class BatchEncoder:
 
     def __init__(self, model: nn.Module, batch_size: int = 8, window_seconds: float = 30.0,
                  context_seconds: float = 0.5, dtype: torch.dtype = torch.float32,
-                 max_batch_samples: Optional[int] = None):
+                 max_batch_samples: Optional[int] = None, cuda_exact_math: bool = True):
         strides = list(model.vq_strides)
         if strides != [4, 2, 1]:
             raise ValueError(
@@ -212,6 +214,7 @@ class BatchEncoder:
                              f"({self.frame_samples / rate:.3f} s)")
         self.dtype = dtype
         self.max_batch_samples = max_batch_samples
+        self.cuda_exact_math = cuda_exact_math  # False: only to measure what exactness costs on CUDA
         self.device = next(model.parameters()).device
 
     def _autocast(self):
@@ -243,7 +246,7 @@ class BatchEncoder:
             signals = [torch.from_numpy(np.ascontiguousarray(audios[p.item][p.start:p.end], dtype=np.float32))
                        .to(self.device) for p in batch]
             with self._autocast():
-                codes = encode_exact(self.model, signals)
+                codes = encode_exact(self.model, signals, cuda_exact_math=self.cuda_exact_math)
             for p, levels in zip(batch, codes):
                 frames = codes_to_frames([c[None] for c in levels])[0]
                 kept[(p.item, p.start)] = frames[p.keep_from: p.keep_from + p.keep_frames].to(torch.int32).cpu()
