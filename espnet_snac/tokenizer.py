@@ -18,7 +18,7 @@ from espnet_snac.audio_io import resample as resample_audio
 from espnet_snac.audio_io import to_mono
 from espnet_snac.frames import FRAME_SIZE, codes_to_frames, frames_to_codes
 from espnet_snac.model import SNAC
-from espnet_snac.tokens.batching import BatchEncoder, encode_exact
+from espnet_snac.tokens.batching import BatchEncoder, encode_exact, exact_cuda_math
 from espnet_snac.tokens.layout import flat_to_frames, frames_to_flat
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -102,8 +102,9 @@ class SNACTokenizer(nn.Module):
         """
         wavs = self._wavs(wavs)
         with self._autocast():
-            if lengths is None:
-                return codes_to_frames(self.codec.encode(wavs))
+            if lengths is None:  # on CUDA in IEEE fp32 like the exact path, so both give the same codes
+                with exact_cuda_math(self.device):
+                    return codes_to_frames(self.codec.encode(wavs))
             rows = encode_exact(self.codec, [wavs[b, 0, : int(n)] for b, n in enumerate(lengths)])
         frames = [codes_to_frames([c[None] for c in levels])[0] for levels in rows]
         out = torch.full((len(frames), max(len(f) for f in frames), FRAME_SIZE), -1,

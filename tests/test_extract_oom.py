@@ -5,6 +5,7 @@ for any batch of more than one utterance), the CUDA settings are checked with th
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import weakref
 from pathlib import Path
@@ -147,3 +148,25 @@ def test_exact_batching_on_cuda_turns_tf32_and_autotuning_off_and_restores_them(
                                pad_multiple=2048)
     batching.encode_exact(fake_cpu, [torch.zeros(100)])
     assert seen == [before]  # CPU: nothing changed
+
+
+def test_tokenizer_encodes_whole_batches_under_the_same_exact_math(monkeypatch):
+    """``SNACTokenizer.encode(wavs)`` and ``encode(wavs, lengths)`` must agree on CUDA too: the plain
+    path runs under the exact path's settings."""
+    from espnet_snac import tokenizer as tok
+
+    calls = []
+
+    @contextlib.contextmanager
+    def record(device):
+        calls.append(torch.device(device).type)
+        yield
+
+    monkeypatch.setattr(tok, "exact_cuda_math", record)
+    torch.manual_seed(0)
+    t = tok.SNACTokenizer(SNAC(**dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32)))
+    monkeypatch.setattr(tok.SNACTokenizer, "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(tok.SNACTokenizer, "_wavs", lambda self, wavs: wavs)  # the tensors stay on CPU
+    monkeypatch.setattr(tok.SNACTokenizer, "_autocast", lambda self: contextlib.nullcontext())
+    codes = t.encode(torch.zeros(1, 1, 4096))
+    assert calls == ["cuda"] and codes.shape == (1, 2, 7)
