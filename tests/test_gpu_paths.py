@@ -199,3 +199,57 @@ def test_metrics_accept_device_tensors(name):
     fn = getattr(metrics, name)
     expected = fn(ref, hyp, *args)
     assert fn(ref.as_subclass(_DeviceTensor), hyp.as_subclass(_DeviceTensor), *args) == expected
+
+
+# ------------------------------------------------------------------------------ host syncs per iteration
+def _fused(model):
+    return [torch.optim.AdamW(model.codec.generator.parameters(), 1e-3, betas=(0.8, 0.99), fused=True),
+            torch.optim.AdamW(model.codec.discriminator.parameters(), 1e-3, betas=(0.8, 0.99), fused=True)]
+
+
+def _flat(params) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).clone() for p in params])
+
+
+def test_fused_optimizers_share_one_host_transfer_per_iteration_with_the_same_result(monkeypatch):
+    """The discriminator's step is decided on the device (found_inf) and its stats travel with the
+    generator's: one device-to-host transfer per iteration, weights identical to deciding on the host."""
+    from espnet_snac.train.step import GANStep, StepConfig
+
+    results = []
+    for on_device in (True, False):
+        model = tiny_model()
+        step = GANStep(model, _fused(model), [None, None], StepConfig())
+        if not on_device:
+            monkeypatch.setattr(step, "_device_skip", lambda idx: False)
+        torch.manual_seed(0)
+        for it in range(2):
+            _, plain = step(speech_like(seed=it))
+        results.append((_flat(model.parameters()), step.host_transfers, step.applied_steps,
+                        plain["grad_norm_discriminator"]))
+    (w1, transfers1, applied1, d1), (w2, transfers2, applied2, d2) = results
+    assert torch.equal(w1, w2) and d1 == d2 and applied1 == applied2 == 4
+    assert (transfers1, transfers2) == (2, 4)  # 1 vs 2 per iteration
+
+    model = tiny_model()
+    opts = optimizers(model)  # not fused: decided on the host after each turn
+    step = GANStep(model, opts, [None, None], StepConfig())
+    step(speech_like())
+    assert step.host_transfers == 2
+
+
+def test_fused_device_skip_of_a_nonfinite_discriminator_step():
+    from espnet_snac.train.step import GANStep, StepConfig
+
+    model = tiny_model()
+    opts = _fused(model)
+    step = GANStep(model, opts, [None, None], StepConfig(max_consecutive_nonfinite=5))
+    step(speech_like())
+    d_params = list(model.codec.discriminator.parameters())
+    before = _flat(d_params)
+    steps_before = [int(s["step"]) for s in opts[1].state.values()]
+    _, plain = step(torch.full((1, 2048), float("nan")))
+    assert plain["nonfinite_steps"] == 2 and step.applied_steps == 2  # D and G skipped
+    assert torch.equal(_flat(d_params), before)  # skipped on the device: no update
+    assert [int(s["step"]) for s in opts[1].state.values()] == steps_before  # nor a step count
+    assert step.host_transfers == 2

@@ -86,3 +86,40 @@ def test_unreadable_audio_costs_its_utterance_and_a_run_of_them_stops(tmp_path, 
                         extra=["--max_consecutive_unreadable", "2"]))
     skipped = [r.getMessage() for r in caplog.records if "Unreadable train audio skipped" in r.getMessage()]
     assert skipped and "train_0.wav" in skipped[0] + skipped[-1]
+
+
+_FORWARDING = """
+import multiprocessing, os, signal, sys, time
+from espnet_snac.train import preemption
+
+def child(queue):
+    with preemption.armed():
+        queue.put("ready")
+        deadline = time.time() + 30
+        while not preemption.requested() and time.time() < deadline:
+            time.sleep(0.01)
+        sys.exit(preemption.EXIT_PREEMPTED if preemption.requested() else 1)
+
+if __name__ == "__main__":
+    preemption.forward_to_children()
+    ctx = multiprocessing.get_context("spawn")  # as ESPnet starts its training processes
+    queue = ctx.Queue()
+    p = ctx.Process(target=child, args=(queue,))
+    p.start()
+    assert queue.get(timeout=60) == "ready"
+    os.kill(os.getpid(), signal.SIG)  # the parent is signalled, as by kill or Slurm
+    p.join(timeout=30)
+    print("parent alive, child exit", p.exitcode)
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_parent_passes_signals_on_to_its_training_processes(tmp_path, name):
+    import subprocess
+    import sys
+
+    script = tmp_path / "forward.py"
+    script.write_text(_FORWARDING.replace("signal.SIG)", f"signal.{name})"))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "parent alive, child exit 75" in out.stdout

@@ -1,10 +1,12 @@
 """One GAN training iteration (discriminator turn + generator turn), shared by the trainer and benchmarks.
 
 Per turn: forward under the chosen precision, backward, the norm of the gradients of the network
-being trained (over its own parameters only), optional clipping to that network's limit, then one
+being trained (over its own parameters only), optional clipping to that network's limit, then a
 host transfer of ``[loss, grad_norm, *stats]`` that decides whether the step is applied. A
 non-finite loss or norm skips the optimizer and scheduler step, zeroes the gradients and is
-counted by :class:`~espnet_snac.train.nonfinite.NonFiniteGuard`.
+counted by :class:`~espnet_snac.train.nonfinite.NonFiniteGuard`. With fused optimizers
+(``optim_conf: {fused: true}``) the first turn's skip is decided on the device and both turns share
+one host transfer per iteration (see :meth:`GANStep.iteration_on`).
 """
 from __future__ import annotations
 
@@ -112,6 +114,7 @@ class GANStep:
         self.empty_batches = 0  # batches the augmentation emptied (skipped)
         self.applied_steps = 0  # optimizer steps applied (both networks)
         self.overflow_steps = 0  # fp16: steps skipped because the scaled gradients overflowed
+        self.host_transfers = 0  # device-to-host synchronisations of the stats (one or two per iteration)
         self.where = ""  # "at epoch E, iteration I", for messages
 
     # ------------------------------------------------------------------ precision
@@ -152,18 +155,35 @@ class GANStep:
         return weighted, plain
 
     def iteration_on(self, audio: torch.Tensor) -> Tuple[Dict[str, float], Dict[str, float]]:
-        """One discriminator turn (unless skipped) and one generator turn on ``audio (B, T)``."""
+        """One discriminator turn (unless skipped) and one generator turn on ``audio (B, T)``.
+
+        A turn whose optimizer can skip a step on the device (fused Adam/AdamW: ``found_inf``, as
+        ``GradScaler`` uses it) and that is not the last of the iteration does not wait for the host:
+        its loss and norm travel with the last turn's, so the iteration synchronises with the host
+        once instead of once per turn. Other optimizers decide on the host after each turn.
+        """
         turns = ["generator", "discriminator"] if self.config.generator_first else ["discriminator", "generator"]
         skip_d = self.skip_discriminator()
+        active = [t for t in turns if not (t == "discriminator" and skip_d)]
         weighted: Dict[str, float] = {}
         plain: Dict[str, float] = {}
+        pending: List[Tuple[str, List[str], torch.Tensor, bool]] = []  # (turn, names, packed, decided on device)
         try:
-            for turn in turns:
-                if turn == "discriminator" and skip_d:
+            for k, turn in enumerate(active):
+                names, packed = self._forward_backward(turn, audio)
+                if k < len(active) - 1 and self._device_skip(TURN_INDEX[turn]):
+                    self._step_on_device(TURN_INDEX[turn], packed)
+                    pending.append((turn, names, packed, True))
                     continue
-                w, p = self.turn(turn, audio)
-                weighted.update(w)
-                plain.update(p)
+                pending.append((turn, names, packed, False))
+                host = self._to_host(torch.cat([p for _, _, p, _ in pending]))
+                offset = 0
+                for t, n, p, on_device in pending:
+                    w, pl = self._finish(t, n, host[offset:offset + p.numel()], on_device)
+                    offset += p.numel()
+                    weighted.update(w)
+                    plain.update(pl)
+                pending = []
         finally:
             clear_cache(self.codec)  # never carried into the next batch (memory, staleness)
         self.iteration += 1
@@ -175,8 +195,23 @@ class GANStep:
         return weighted, plain
 
     def turn(self, turn: str, audio: torch.Tensor) -> Tuple[Dict[str, float], Dict[str, float]]:
+        """One turn decided on the host (forward, backward, clipping, step or skip)."""
+        names, packed = self._forward_backward(turn, audio)
+        return self._finish(turn, names, self._to_host(packed), on_device=False)
+
+    def _device_skip(self, idx: int) -> bool:
+        return (not self.scalers[idx].is_enabled()
+                and bool(getattr(self.optimizers[idx], "_step_supports_amp_scaling", False)))
+
+    def _to_host(self, packed: torch.Tensor) -> List[float]:
+        self.host_transfers += 1
+        return packed.cpu().tolist()
+
+    def _forward_backward(self, turn: str, audio: torch.Tensor) -> Tuple[List[str], torch.Tensor]:
+        """Forward, backward, norm and clipping of ``turn``; returns the stat names and the device
+        vector ``[loss, grad_norm, *stats]`` (all-reduced over the ranks)."""
         idx = TURN_INDEX[turn]
-        optimizer, scheduler, scaler, params = self.optimizers[idx], self.schedulers[idx], self.scalers[idx], self.params[idx]
+        optimizer, scaler, params = self.optimizers[idx], self.scalers[idx], self.params[idx]
         with self.autocast():
             retval = self.model(forward_generator=turn == "generator", audio=audio)
         if retval.get("optim_idx", idx) != idx:
@@ -187,23 +222,47 @@ class GANStep:
             scaler.unscale_(optimizer)
         norm = grad_norm(params)
         clip_to_norm_(params, self.clips[idx], norm)  # a NaN norm makes NaN grads; the step is skipped
-        # The one host synchronisation of the step (after the collective, if distributed).
         packed = torch.stack([loss.detach().float(), norm.float(), *values])
         if self.distributed:
             torch.distributed.all_reduce(packed)
             packed /= torch.distributed.get_world_size()
-        host = packed.cpu().tolist()
-        if self._fp16_overflow(scaler, host[0], host[1]):
-            self.overflow_steps += 1  # skipped; the scaler lowers its scale below (not a fault)
-        elif self.guard.record(turn, host[0], host[1], self.where):
-            self.applied_steps += 1
-            optimizer.step()  # fp16: gradients are unscaled and finite, as GradScaler.step would check
-            if isinstance(scheduler, AbsBatchStepScheduler):
-                scheduler.step()
-        if scaler.is_enabled():
-            scaler.update()  # lowers the scale after an overflow
-        for opt in self.optimizers:  # the generator's loss also fills the discriminator's gradients
+        return names, packed
+
+    def _step_on_device(self, idx: int, packed: torch.Tensor) -> None:
+        """Step unless the loss or norm is non-finite, decided on the device (the fused optimizer
+        skips the update and its step count where ``found_inf`` is 1)."""
+        optimizer = self.optimizers[idx]
+        optimizer.found_inf = (~torch.isfinite(packed[:2]).all()).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+        for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
+
+    def _finish(self, turn: str, names: List[str], host: List[float],
+                on_device: bool) -> Tuple[Dict[str, float], Dict[str, float]]:
+        """The host side of a turn: count or skip the step (apply it unless already decided on the
+        device), the batch scheduler, the fp16 scaler, and the turn's stats."""
+        idx = TURN_INDEX[turn]
+        optimizer, scheduler, scaler = self.optimizers[idx], self.schedulers[idx], self.scalers[idx]
+        if on_device:  # the optimizer already stepped or skipped by the same rule
+            if self.guard.record(turn, host[0], host[1], self.where):
+                self.applied_steps += 1
+                if isinstance(scheduler, AbsBatchStepScheduler):
+                    scheduler.step()
+        else:
+            if self._fp16_overflow(scaler, host[0], host[1]):
+                self.overflow_steps += 1  # skipped; the scaler lowers its scale below (not a fault)
+            elif self.guard.record(turn, host[0], host[1], self.where):
+                self.applied_steps += 1
+                optimizer.step()  # fp16: gradients are unscaled and finite, as GradScaler.step would check
+                if isinstance(scheduler, AbsBatchStepScheduler):
+                    scheduler.step()
+            if scaler.is_enabled():
+                scaler.update()  # lowers the scale after an overflow
+            for opt in self.optimizers:  # the generator's loss also fills the discriminator's gradients
+                opt.zero_grad(set_to_none=True)
         weighted = dict(zip(names, host[2:]))
         plain = {f"grad_norm_{turn}": host[1]}
         plain.update({f"optim{idx}_lr{i}": float(g["lr"]) for i, g in enumerate(optimizer.param_groups)})
@@ -223,7 +282,8 @@ class GANStep:
     def state_dict(self) -> Dict[str, Any]:
         return {"iteration": self.iteration, "empty_batches": self.empty_batches,
                 "overflow_steps": self.overflow_steps,
-                "guard": self.guard.state_dict(), "scalers": [s.state_dict() for s in self.scalers]}
+                "guard": self.guard.state_dict(), "scalers": [s.state_dict() for s in self.scalers],
+                "augment": self.augment.state_dict() if self.augment is not None else None}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
@@ -233,6 +293,8 @@ class GANStep:
         for scaler, s in zip(self.scalers, state["scalers"]):
             if s and scaler.is_enabled():
                 scaler.load_state_dict(s)
+        if self.augment is not None and state.get("augment"):
+            self.augment.load_state_dict(state["augment"])  # its CPU generator: the same draws after a resume
 
 
 def _reduce_replicas(retval: Dict[str, Any]) -> Tuple[torch.Tensor, List[str], List[torch.Tensor]]:
