@@ -5,7 +5,8 @@
 #   make test      the test suite (creates .venv with the package and its test extra if needed)
 #   make ci-demo   the recipe end to end on a subset of the demo corpus with the tiny config
 #
-# Variables: PYTHON (interpreter that creates the venv), VENV, DEMO_CONFIG (the demo's training
+# Variables: PYTHON (interpreter that creates the venv), VENV (the virtual environment to create or
+# use, default .venv; e.g. make demo VENV=~/venvs/snac), DEMO_CONFIG (the demo's training
 # config, under egs2/snac24k), DEMO_ARGS (extra run.sh options, e.g. DEMO_ARGS="--ngpu 1").
 
 PYTHON ?= python3
@@ -27,7 +28,7 @@ venv:
 	fi
 
 demo: venv
-	cd $(RECIPE) && ./run.sh --stage 1 --stop_stage 6 --train_config $(DEMO_CONFIG) $(DEMO_ARGS)
+	cd $(RECIPE) && ./run.sh --stage 1 --stop_stage 6 --train_config $(DEMO_CONFIG) --python $(abspath $(VENV))/bin/python $(DEMO_ARGS)
 	@echo
 	@cat $(DEMO_EXP)/RESULTS.md
 	@echo
@@ -36,8 +37,10 @@ demo: venv
 	@echo "tokens:         $(RECIPE)/dump/tokens/{train,dev,test} (codes.scp, text, token_list)"
 	@echo "training curves: $(DEMO_EXP)/images, tensorboard --logdir $(DEMO_EXP)/tensorboard"
 
+# CI=true (set by CI services and .ci/run): a skip whose prerequisite is present fails the run
+# (tests/skip_accounting.py); every run ends with the skip count and reasons and the 25 slowest steps.
 test: venv
-	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q --durations=25 tests
 
 ci-demo: venv
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_recipe.py

@@ -42,6 +42,7 @@ inference_model=         # checkpoint of the experiment for stages 5-7 (default:
 plot_spectrograms=3      # spectrogram comparison images per test set
 score_untrained=true     # stage 5: also score the untrained model (iteration 0) on the test sets, in RESULTS.md
 score_anchors=true       # stage 5: also score known degradations of the test sets' speech (reference points), in RESULTS.md
+token_formats=auto       # stage 6: extract_tokens formats (auto = ark,text, + orpheus,datasets for sets with transcripts)
 cmd_backend=local        # local | slurm (settings in cmd.sh)
 python=python3           # Python interpreter
 workdir=.                # parent of data/, dump/ and exp/ unless given separately
@@ -268,7 +269,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
         dst=${dumpdir}/raw/${dset}
         marker=${dst}/.done
         [ -s "${src}/wav.scp" ] || die "Stage 2: ${src}/wav.scp not found (run stage 1)"
-        fp=$(fingerprint "${src}/wav.scp" "${src}/utt2spk" -- \
+        fp=$(fingerprint "${src}/wav.scp" "${src}/utt2spk" "${src}/text" -- \
             "fs=${fs} min=${min_wav_duration} max=${max_wav_duration} format=${audio_format}")
         state=$(stage_state "$marker" "$fp")
         if [ "$state" = done ]; then
@@ -291,7 +292,8 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
         [ -s "${dst}/utt2num_samples" ] || die "Stage 2: ${dst}/utt2num_samples missing"
         [ $((n_out + n_rej)) -eq "$n_in" ] ||
             die "Stage 2: ${dset}: ${n_in} in, but ${n_out} kept + ${n_rej} rejected"
-        log "Stage 2: ${dset}: ${n_in} in, ${n_out} kept, ${n_rej} rejected (${dst}/rejected.tsv)"
+        log "Stage 2: ${dset}: ${n_in} in, ${n_out} kept, ${n_rej} rejected (${dst}/rejected.tsv);" \
+            "transcripts: $(count_lines "${dst}/text")"
         echo "$fp" > "$marker"
     done
 fi
@@ -502,7 +504,12 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
             --exp_dir "$codec_exp" \
             --model_file "$model_file" \
             "${set_args[@]}" \
-            --output "${codec_exp}/RESULTS.md" || die "Stage 5: writing ${codec_exp}/RESULTS.md failed"
+            --output "${codec_exp}/RESULTS.md" > "${codec_exp}/make_results.log" 2>&1 ||
+            { tail -n 30 "${codec_exp}/make_results.log" >&2; die "Stage 5: writing ${codec_exp}/RESULTS.md failed (log: ${codec_exp}/make_results.log)"; }
+        # Codebook use of the decoded sets and, for a collapsed codec, the warning box (also in RESULTS.md).
+        grep -E '^[^ ]+: codes in use per level' "${codec_exp}/make_results.log" | while IFS= read -r line; do
+            log "Stage 5: ${line}"; done
+        grep -E '^!' "${codec_exp}/make_results.log" >&2 || true
         echo "$results_opts" > "${codec_exp}/.results_opts"
         log "Stage 5: results table ${codec_exp}/RESULTS.md"
     fi
@@ -519,24 +526,44 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
         dir=${dumpdir}/tokens/${dset}
         marker=${dir}/.done
         [ -f "${data}/.done" ] || die "Stage 6: ${data} is not formatted (run stage 2)"
-        fp=$(fingerprint "${data}/wav.scp" -- "model=${model_id}")
+        # The formats: what the set can give (Orpheus ids and a datasets export need transcripts of
+        # every utterance, extract_tokens refuses a partial text).
+        formats=$token_formats
+        if [ "$formats" = auto ]; then
+            formats=ark,text
+            if [ -s "${data}/text" ] && [ "$(count_lines "${data}/text")" -eq "$(count_lines "${data}/wav.scp")" ]; then
+                formats=${formats},orpheus,datasets
+            elif [ -s "${data}/text" ]; then
+                log "Stage 6: ${data}/text covers $(count_lines "${data}/text") of $(count_lines "${data}/wav.scp")" \
+                    "utterances: no Orpheus/datasets export for ${dset} (give every utterance a transcript)"
+            fi
+        fi
+        fp=$(fingerprint "${data}/wav.scp" "${data}/text" -- "model=${model_id} formats=${formats}")
         state=$(stage_state "$marker" "$fp")
         if [ "$state" = done ]; then
             log "Stage 6: tokens in ${dir} are up to date; skipping"
             continue
         fi
         # A changed model or set invalidates the tokens; an interrupted run is resumed.
-        [ "$state" = stale ] && { log "Stage 6: model or ${data} changed; redoing ${dir}"; rm -rf "$dir"; }
+        [ "$state" = stale ] && { log "Stage 6: model, formats or ${data} changed; redoing ${dir}"; rm -rf "$dir"; }
         mkdir -p "$dir"
         n_in=$(count_lines "${data}/wav.scp")
         if "$have_extractor"; then
-            log "Stage 6: extracting tokens of ${data} -> ${dir} (log: ${dir}/extract_tokens.log)"
+            log "Stage 6: extracting tokens of ${data} (formats ${formats}) -> ${dir} (log: ${dir}/extract_tokens.log)"
             run_jobs 1 "${dir}/extract_tokens.log" \
                 "$python" -m espnet_snac.bin.extract_tokens \
                     --model "$model_file" \
-                    --wav_scp "${data}/wav.scp" \
+                    --data_dir "${data}" \
+                    --formats "$formats" \
                     --output_dir "$dir" \
-                    --device "$device" || die "Stage 6: token extraction of ${dset} failed"
+                    --no_progress \
+                    --device "$device" || die "Stage 6: token extraction of ${dset} failed (log: ${dir}/extract_tokens.log)"
+            grep -E '^codes in use per level' "${dir}/extract_tokens.log" | while IFS= read -r line; do
+                log "Stage 6: ${dset}: ${line}"; done
+            # A collapsed codebook (espnet_snac.tokens.stats.collapse_verdict): the box, on the console.
+            grep -E '^!' "${dir}/extract_tokens.log" >&2 || true
+            [ -d "${dir}/datasets" ] && log "Stage 6: ${dset}: datasets export (utt_id, text, codes, orpheus_ids;" \
+                "datasets.load_from_disk) in ${dir}/datasets; Orpheus ids in ${dir}/text_orpheus"
             scp=${dir}/codes.scp
         else
             # Without the extractor: ESPnet-style codes (.npy per utterance) from the inference tool.
