@@ -123,3 +123,25 @@ def test_parent_passes_signals_on_to_its_training_processes(tmp_path, name):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "parent alive, child exit 75" in out.stdout
+
+
+def test_tolerant_dataset_counts_failures_and_stops_only_on_a_run_of_them():
+    from espnet_snac.train.unreadable_audio import TolerantDataset, UnreadableAudioError
+
+    class Flaky:
+        loader_dict = {"audio": None}
+
+        def __getitem__(self, uid):
+            if uid.startswith("bad"):
+                raise FileNotFoundError(f"no such file: /data/{uid}.wav")
+            return uid, {"audio": torch.zeros(4).numpy()}
+
+    data = TolerantDataset(Flaky(), max_consecutive=2)
+    for uid in ("good0", "bad1", "good2", "bad3", "good4"):  # failures never two in a row
+        _, item = data[uid]
+        assert item["audio"].size == (0 if uid.startswith("bad") else 4)
+    assert data.total == 2
+    data["bad5"]
+    with pytest.raises(UnreadableAudioError, match="2 consecutive train audio files could not be read"):
+        data["bad6"]
+    assert data.total == 4
