@@ -6,6 +6,7 @@ Subcommands::
     espnet-snac decode IN.snac OUT.wav --model M      # code file -> audio (--stream: frame by frame)
     espnet-snac reconstruct IN.wav OUT.wav --model M  # both, without writing codes
     espnet-snac convert SRC DST                       # official dir <-> ESPnet experiment dir
+    espnet-snac export MODEL OUT_DIR --format onnx    # encoder.onnx + decoder.onnx + config.json
 
 Heavy modules (torch, the model) are imported inside the commands so that ``--help`` is instant;
 espnet2 is never imported here.
@@ -311,6 +312,56 @@ def cmd_convert(args) -> dict:
     return {"format": "espnet", "path": str(dst)}
 
 
+def _str_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def cmd_export(args) -> dict:
+    import numpy as np
+    import torch
+
+    from espnet_snac.onnx_export import OnnxSNAC, export_onnx
+
+    model = load_model(args.model, _pick_device("cpu"))
+    out = Path(args.out_dir)
+    _refuse_overwrite(out, ("encoder.onnx", "decoder.onnx", "config.json"), args.force)
+    start = time.perf_counter()
+    try:
+        paths = export_onnx(model, out, noise=args.noise, opset=args.opset)
+    except RuntimeError as exc:  # the onnx extra missing, or an exporter failure
+        raise CLIError(f"export to {out}: {exc}") from exc
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 2**20:.1f} MiB" for p in paths.values() if p.suffix == ".onnx")
+    _say(f"wrote {out}: {sizes}, config.json (opset {args.opset}, noise {'on' if args.noise else 'off'}; "
+         f"{time.perf_counter() - start:.0f} s)", args.quiet)
+    result = {"path": str(out)}
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        _say("onnxruntime is not installed: exported graphs not checked (pip install onnxruntime)", args.quiet)
+        return result
+    # check on a length the export did not trace: codes equal to the model's, audio close without noise
+    audio = torch.randn(1, 1, int(1.3 * model.sampling_rate), generator=torch.Generator().manual_seed(0)) * 0.1
+    session = OnnxSNAC(out)
+    with torch.inference_mode():
+        ref_codes = model.encode(audio)
+        ref_audio = model.decode(ref_codes, add_noise=False).numpy()
+    codes = session.encode(audio.numpy())
+    same = all(np.array_equal(a, b.numpy()) for a, b in zip(codes, ref_codes))
+    result["codes_identical"] = same
+    line = f"check on 1.3 s of noise: codes {'identical to' if same else 'DIFFERENT from'} the model's"
+    if not args.noise:
+        diff = float(np.abs(session.decode(codes) - ref_audio).max())
+        result["decoder_max_abs_diff"] = diff
+        line += f"; decoder max |diff| {diff:.2e}"
+    _say(line, args.quiet)
+    return result
+
+
 # ---------------------------------------------------------------------------------------- parser
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -378,6 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing model files in DST")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="model -> ONNX graphs (encoder.onnx, decoder.onnx) for ONNX Runtime")
+    p.add_argument("model", help="Hugging Face repo id, official dir, ESPnet experiment dir/.pth or packed .zip")
+    p.add_argument("out_dir", help="directory to write encoder.onnx, decoder.onnx and config.json to")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    p.add_argument("--noise", type=_str_bool, default=False, metavar="{false,true}",
+                   help="keep the decoder's noise blocks (random output, as the release); default false: "
+                        "deterministic decoder")
+    p.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default: 18)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files in OUT_DIR")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

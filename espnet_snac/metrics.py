@@ -187,6 +187,7 @@ HIGHER_IS_BETTER: Dict[str, bool] = {
     "si_snr": True,
     "pesq_wb": True,
     "stoi": True,
+    "visqol": True,  # optional (espnet_snac.visqol_metric): bin.score adds it when visqol-python is installed
 }
 
 

@@ -42,6 +42,8 @@ METRICS: List[Tuple[str, str, str]] = [
     ("si_snr", "SI-SNR (dB) ↑", "{:.2f}"),
     ("pesq_wb", "PESQ-WB ↑", "{:.3f}"),
     ("stoi", "STOI ↑", "{:.3f}"),
+    # MOS-LQO, audio mode at 48 kHz (espnet_snac.visqol_metric); scored sets only, n/a without visqol-python
+    ("visqol", "ViSQOL ↑", "{:.2f}"),
 ]
 
 
@@ -192,12 +194,16 @@ def render(
         "| set | utts | failed | " + " | ".join(title for _, title, _ in METRICS) + " | bitrate (kbps) |",
         "|---|---:|---:|" + "---:|" * len(METRICS) + "---:|",
     ]
+    visqol_setting = None
     for name, scoring_dir in sets:
         results = json.loads((scoring_dir / "results.json").read_text(encoding="utf-8"))
         cells = [name, str(results.get("num_utts", "n/a")), str(results.get("num_failed", "n/a"))]
         cells += [_fmt(results.get(key), pattern) for key, _, pattern in METRICS]
         cells.append(f"{bps / 1000:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
+        visqol_setting = results.get("visqol_setting") or visqol_setting
+    if visqol_setting:
+        lines += ["", f"ViSQOL: {visqol_setting} (MOS-LQO 1-5; identical signals score about 4.73 in audio mode)."]
     if untrained:
         lines += [
             "",

@@ -3,7 +3,8 @@
 Usage::
 
     python -m espnet_snac.bin.score --ref_scp data/test/wav.scp --hyp_scp exp/decode/wav.scp \\
-        --output_dir exp/decode/scores [--nj 4] [--plot_spectrograms 5] [--plot_histogram]
+        --output_dir exp/decode/scores [--nj 4] [--plot_spectrograms 5] [--plot_histogram] \\
+        [--visqol auto|true|false] [--visqol_mode audio|speech]
 
 Every utterance id found in either list is scored or reported as failed (missing on one side,
 unreadable audio, empty signal, a metric that cannot be computed): ``num_utts = scored + num_failed``.
@@ -13,13 +14,16 @@ and both are trimmed to the shorter length (the difference is recorded per utter
 Outputs in ``--output_dir``:
   * ``utt_results.tsv``: one row per utterance (status, metrics, lengths, error message);
   * ``results.json``: averages over scored utterances under ``mel_distance``, ``stft_distance``,
-    ``si_snr``, ``pesq_wb``, ``stoi`` (null when nothing was scored), plus ``num_utts`` and ``num_failed``;
+    ``si_snr``, ``pesq_wb``, ``stoi`` and ``visqol`` (MOS-LQO, when visqol-python is installed; audio
+    mode at 48 kHz by default, see :mod:`espnet_snac.visqol_metric`) (null when nothing was scored),
+    plus ``num_utts``, ``num_failed`` and ``visqol_setting``;
   * ``results.md``: a Markdown table (mean, std, min, max per metric) and the failed utterances;
   * ``plots/spec_<utt>.png`` / ``plots/metrics_hist.png`` when asked for (needs matplotlib).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -35,6 +39,16 @@ from espnet_snac.metrics import HIGHER_IS_BETTER, METRIC_NAMES, MetricError, com
 from espnet_snac.scp import ScpError, load_scp_audio, read_scp
 
 TSV_COLUMNS = ("utt_id", "status", *METRIC_NAMES, "sample_rate", "num_samples", "length_diff", "error")
+VISQOL = "visqol"
+
+
+def metric_names(visqol_mode: Optional[str]) -> Tuple[str, ...]:
+    """The metrics of a run: the core ones, plus ViSQOL when it is on."""
+    return METRIC_NAMES + ((VISQOL,) if visqol_mode else ())
+
+
+def tsv_columns(names: Sequence[str]) -> Tuple[str, ...]:
+    return ("utt_id", "status", *names, "sample_rate", "num_samples", "length_diff", "error")
 HISTOGRAM_NAME = "metrics_hist.png"
 
 
@@ -53,8 +67,9 @@ def load_pair(utt: str, ref_value: str, hyp_value: str) -> Tuple[np.ndarray, np.
     return ref[:n], hyp[:n], ref_rate, diff
 
 
-def score_one(job: Tuple[str, Optional[str], Optional[str]]) -> Dict:
-    """One TSV row for ``(utt_id, ref_value, hyp_value)``; never raises for bad data."""
+def score_one(job: Tuple[str, Optional[str], Optional[str]], visqol_mode: Optional[str] = None) -> Dict:
+    """One TSV row for ``(utt_id, ref_value, hyp_value)``; never raises for bad data.
+    ``visqol_mode`` (``"audio"``/``"speech"``) adds ViSQOL's MOS-LQO."""
     utt, ref_value, hyp_value = job
     row: Dict = {"utt_id": utt, "status": "failed", "error": ""}
     if ref_value is None or hyp_value is None:
@@ -64,6 +79,10 @@ def score_one(job: Tuple[str, Optional[str], Optional[str]]) -> Dict:
         ref, hyp, rate, diff = load_pair(utt, ref_value, hyp_value)
         row.update(sample_rate=rate, num_samples=int(ref.size), length_diff=diff)
         row.update(compute_all(ref, hyp, rate))
+        if visqol_mode:
+            from espnet_snac.visqol_metric import visqol
+
+            row[VISQOL] = visqol(ref, hyp, rate, mode=visqol_mode)
         row["status"] = "ok"
     except (AudioError, MetricError) as exc:
         row["error"] = str(exc)
@@ -78,11 +97,13 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def score_all(jobs: Sequence[Tuple[str, Optional[str], Optional[str]]], nj: int) -> List[Dict]:
+def score_all(jobs: Sequence[Tuple[str, Optional[str], Optional[str]]], nj: int,
+              visqol_mode: Optional[str] = None) -> List[Dict]:
+    one = functools.partial(score_one, visqol_mode=visqol_mode)
     if nj <= 1 or len(jobs) <= 1:
-        return [score_one(job) for job in jobs]
+        return [one(job) for job in jobs]
     with ProcessPoolExecutor(max_workers=nj, initializer=_init_worker) as pool:
-        return list(pool.map(score_one, jobs, chunksize=max(1, len(jobs) // (4 * nj))))
+        return list(pool.map(one, jobs, chunksize=max(1, len(jobs) // (4 * nj))))
 
 
 def build_jobs(ref: Dict[str, str], hyp: Dict[str, str]) -> List[Tuple[str, Optional[str], Optional[str]]]:
@@ -91,12 +112,12 @@ def build_jobs(ref: Dict[str, str], hyp: Dict[str, str]) -> List[Tuple[str, Opti
     return [(k, ref.get(k), hyp.get(k)) for k in keys]
 
 
-def summarize(rows: Sequence[Dict]) -> Tuple[Dict, Dict[str, Dict[str, float]]]:
+def summarize(rows: Sequence[Dict], names: Sequence[str] = METRIC_NAMES) -> Tuple[Dict, Dict[str, Dict[str, float]]]:
     """``(results.json content, per-metric mean/std/min/max)`` over the scored rows."""
     ok = [r for r in rows if r["status"] == "ok"]
     results: Dict = {}
     stats: Dict[str, Dict[str, float]] = {}
-    for name in METRIC_NAMES:
+    for name in names:
         values = np.array([r[name] for r in ok], dtype=np.float64)
         if values.size:
             stats[name] = dict(mean=float(values.mean()), std=float(values.std()), min=float(values.min()),
@@ -117,16 +138,17 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def write_tsv(path: Path, rows: Sequence[Dict]) -> None:
+def write_tsv(path: Path, rows: Sequence[Dict], columns: Sequence[str] = TSV_COLUMNS) -> None:
     with atomic_open(path, "w") as f:
-        f.write("\t".join(TSV_COLUMNS) + "\n")
+        f.write("\t".join(columns) + "\n")
         for r in rows:
-            cells = [_fmt(r.get(c, "")) for c in TSV_COLUMNS]
+            cells = [_fmt(r.get(c, "")) for c in columns]
             f.write("\t".join(" ".join(c.split()) for c in cells) + "\n")  # no tabs/newlines in cells
 
 
 def write_markdown(path: Path, results: Dict, stats: Dict[str, Dict[str, float]], rows: Sequence[Dict],
-                   ref_scp: str, hyp_scp: str) -> None:
+                   ref_scp: str, hyp_scp: str, names: Sequence[str] = METRIC_NAMES,
+                   visqol_note: str = "") -> None:
     scored = results["num_utts"] - results["num_failed"]
     lines = [
         "# Codec evaluation",
@@ -138,7 +160,7 @@ def write_markdown(path: Path, results: Dict, stats: Dict[str, Dict[str, float]]
         "| Metric | Better | Mean | Std | Min | Max |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for name in METRIC_NAMES:
+    for name in names:
         better = "higher" if HIGHER_IS_BETTER[name] else "lower"
         s = stats.get(name)
         if s:
@@ -149,7 +171,7 @@ def write_markdown(path: Path, results: Dict, stats: Dict[str, Dict[str, float]]
     if failed:
         lines += ["", "## Failed utterances", "", "| Utterance | Reason |", "|---|---|"]
         lines += [f"| {r['utt_id']} | {r['error'].replace('|', '/')} |" for r in failed]
-    lines += ["", "ViSQOL is not reported (no maintained Python package for it is a dependency)."]
+    lines += ["", visqol_note or "ViSQOL is not reported: pip install 'espnet-snac[visqol]' (visqol-python) to add it."]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -201,11 +223,11 @@ def plot_spectrograms(plot_dir: Path, rows: Sequence[Dict], jobs: Dict[str, Tupl
     return written
 
 
-def plot_histogram(path: Path, rows: Sequence[Dict]) -> Path:
+def plot_histogram(path: Path, rows: Sequence[Dict], names: Sequence[str] = METRIC_NAMES) -> Path:
     plt = _pyplot()
     ok = [r for r in rows if r["status"] == "ok"]
-    fig, axes = plt.subplots(1, len(METRIC_NAMES), figsize=(4 * len(METRIC_NAMES), 3.2))
-    for ax, name in zip(axes, METRIC_NAMES):
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2))
+    for ax, name in zip(axes, names):
         values = [r[name] for r in ok]
         ax.hist(values, bins=min(30, max(5, int(math.sqrt(len(values) or 1)) * 2)), color="tab:blue")
         ax.set_title(f"{name} ({'higher' if HIGHER_IS_BETTER[name] else 'lower'} is better)")
@@ -229,13 +251,36 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot_spectrograms", type=int, default=0, metavar="N",
                    help="write spectrogram comparisons for the first N scored utterances (needs matplotlib)")
     p.add_argument("--plot_histogram", action="store_true", help="write plots/metrics_hist.png (needs matplotlib)")
+    p.add_argument("--visqol", choices=("auto", "true", "false"), default="auto",
+                   help="report ViSQOL MOS-LQO (auto: when visqol-python is installed; true: required)")
+    p.add_argument("--visqol_mode", choices=("audio", "speech"), default="audio",
+                   help="ViSQOL mode: audio (48 kHz, SVR; DAC's evaluation setting, default) or speech "
+                        "(16 kHz, needs visqol-python[lattice])")
     return p
+
+
+def _visqol_mode(args) -> Optional[str]:
+    """The ViSQOL mode to score with, or None; exits with a clear message when it is required but missing."""
+    from espnet_snac import visqol_metric
+
+    if args.visqol == "false":
+        return None
+    if not visqol_metric.available():
+        if args.visqol == "true":
+            raise SystemExit("error: --visqol true needs visqol-python: pip install 'espnet-snac[visqol]'")
+        return None
+    if args.visqol_mode == "speech" and not visqol_metric.lattice_available():
+        raise SystemExit("error: --visqol_mode speech needs Google's lattice model: "
+                         "pip install 'visqol-python[lattice]' (or use --visqol_mode audio)")
+    return args.visqol_mode
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     if args.plot_spectrograms > 0 or args.plot_histogram:
         _pyplot()  # fail before the long part when matplotlib is missing
+    visqol_mode = _visqol_mode(args)
+    names = metric_names(visqol_mode)
     try:
         ref, hyp = read_scp(args.ref_scp), read_scp(args.hyp_scp)
     except ScpError as exc:
@@ -245,12 +290,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not jobs:
         print(f"error: {args.ref_scp} and {args.hyp_scp} list no utterances", file=sys.stderr)
         return 1
-    rows = score_all(jobs, args.nj)
+    rows = score_all(jobs, args.nj, visqol_mode)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results, stats = summarize(rows)
-    write_tsv(out / "utt_results.tsv", rows)
-    write_markdown(out / "results.md", results, stats, rows, args.ref_scp, args.hyp_scp)
+    results, stats = summarize(rows, names)
+    note = ""
+    if visqol_mode:
+        from espnet_snac.visqol_metric import describe
+
+        results["visqol_setting"] = describe(visqol_mode)[1]
+        note = f"ViSQOL: {results['visqol_setting']} (MOS-LQO, 1-5)."
+    write_tsv(out / "utt_results.tsv", rows, tsv_columns(names))
+    write_markdown(out / "results.md", results, stats, rows, args.ref_scp, args.hyp_scp, names, note)
     # results.json last: the recipe reads its presence as "scoring finished"
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     if args.plot_spectrograms > 0 or args.plot_histogram:
@@ -259,11 +310,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.plot_spectrograms > 0:
             plot_spectrograms(plot_dir, rows, {k: (r, h) for k, r, h in jobs}, args.plot_spectrograms)
         if args.plot_histogram:
-            plot_histogram(plot_dir / HISTOGRAM_NAME, rows)
+            plot_histogram(plot_dir / HISTOGRAM_NAME, rows, names)
     for r in rows:
         if r["status"] != "ok":
             print(f"failed: {r['utt_id']}: {r['error']}", file=sys.stderr)
-    summary = ", ".join(f"{n} {results[n]:.4f}" for n in METRIC_NAMES if results[n] is not None)
+    summary = ", ".join(f"{n} {results[n]:.4f}" for n in names if results[n] is not None)
     print(f"scored {results['num_utts'] - results['num_failed']}/{results['num_utts']} utterances "
           f"({results['num_failed']} failed){': ' + summary if summary else ''}; results in {out}")
     return 0 if results["num_failed"] < results["num_utts"] else 1

@@ -1,0 +1,285 @@
+"""ONNX export of a SNAC model: an encoder and a decoder graph that take any length.
+
+Why not ``torch.onnx.export(model.encoder ...)`` on the model as it is: weight norm must be folded
+into plain weights, the official ``preprocess`` computes its padding with Python ``math.ceil`` (the
+length is then baked into the graph) and the official Snake reshapes by data-dependent shapes. The
+wrappers here fold weight norm once, compute the padding as ``(-T) mod P`` (a symbolic expression
+that torch.export keeps dynamic), use our Snake (no reshape), draw decoder noise with ``randn_like``
+(ONNX ``RandomNormalLike``) and upsample the code levels with ``expand`` + ``reshape`` rather than
+``repeat_interleave``. The graphs are made with torch's dynamo exporter (``torch.onnx.export(...,
+dynamo=True)``) with symbolic batch and length dimensions.
+
+Files written to ``OUT_DIR``:
+
+* ``encoder.onnx``: input ``audio`` float32 ``(batch, 1, samples)`` at the model rate, any length;
+  outputs ``codes_0 .. codes_{L-1}`` int64 ``(batch, frames_l)``: :meth:`SNAC.encode` (the official
+  encode, padding included).
+* ``decoder.onnx``: inputs ``codes_0 .. codes_{L-1}``, output ``audio`` float32 ``(batch, 1, samples)``
+  (untrimmed, as :meth:`SNAC.decode`); noise blocks off unless exported with ``noise=True``.
+* ``config.json``: the model config plus an ``onnx`` section describing the graphs.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from espnet_snac.layers import LocalMHA, NoiseBlock, _rotate_half
+
+PathLike = Union[str, Path]
+DEFAULT_OPSET = 18
+
+
+def fold_weight_norm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose weight-normed convolutions are plain ones holding g * v / |v|.
+
+    Plain modules are built rather than ``remove_parametrizations`` run on a deep copy: the copy
+    shares the parametrized class with the original, and removing the ``weight`` property from it
+    would break the original model.
+    """
+    folded = copy.deepcopy(model)
+    _fold_children(folded, dict(model.named_modules()), "")
+    return folded
+
+
+def _fold_children(module: nn.Module, originals: Dict[str, nn.Module], prefix: str) -> None:
+    for name, child in list(module.named_children()):
+        path = f"{prefix}{name}"
+        if parametrize.is_parametrized(child):
+            source = originals[path]  # the original computes the weight (its class is intact)
+            kind = nn.ConvTranspose1d if isinstance(source, nn.ConvTranspose1d) else nn.Conv1d
+            if not isinstance(source, nn.Conv1d | nn.ConvTranspose1d):
+                raise NotImplementedError(f"fold_weight_norm: parametrized {type(source).__name__} at {path}")
+            kwargs = dict(kernel_size=source.kernel_size, stride=source.stride, padding=source.padding,
+                          dilation=source.dilation, groups=source.groups, bias=source.bias is not None)
+            if kind is nn.ConvTranspose1d:
+                kwargs["output_padding"] = source.output_padding
+            plain = kind(source.in_channels, source.out_channels, **kwargs)
+            with torch.no_grad():
+                plain.weight.copy_(source.weight)
+                if source.bias is not None:
+                    plain.bias.copy_(source.bias)
+            setattr(module, name, plain)
+        else:
+            _fold_children(child, originals, path + ".")
+
+
+class _ExportNoise(nn.Module):
+    """NoiseBlock with shape-free noise: ``x + randn_like(x[:, :1]) * linear(x)``, or identity."""
+
+    def __init__(self, block: NoiseBlock, enabled: bool):
+        super().__init__()
+        self.linear = block.linear
+        self.enabled = enabled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        return x + torch.randn_like(x[:, :1]) * self.linear(x)
+
+
+class _ExportLocalMHA(nn.Module):
+    """:class:`LocalMHA` with 4-D attention (the ONNX translation of SDPA takes no 5-D tensors)."""
+
+    def __init__(self, block: LocalMHA):
+        super().__init__()
+        self.norm, self.to_qkv, self.to_out, self.rel_pos = block.norm, block.to_qkv, block.to_out, block.rel_pos
+        self.heads, self.window_size = block.heads, block.window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t = x.shape
+        n = self.window_size
+        h = self.norm(x.transpose(1, 2))
+        # (B, T, 3C) -> 3 x (B * heads, windows, n, dim_head)
+        q, k, v = (part.reshape(b, -1, n, self.heads, c // self.heads).permute(0, 3, 1, 2, 4)
+                   .reshape(b * self.heads, -1, n, c // self.heads)
+                   for part in self.to_qkv(h).chunk(3, dim=-1))
+        angles = self.rel_pos(n, x.device)
+        cos, sin = angles.cos(), angles.sin()
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        out = out.reshape(b, self.heads, -1, n, c // self.heads).permute(0, 2, 3, 1, 4).reshape(b, t, c)
+        return self.to_out(out).transpose(1, 2) + x
+
+
+def _replace_blocks(module: nn.Module, noise: bool) -> None:
+    """Swap NoiseBlocks and LocalMHAs for their export forms (same weights)."""
+    for name, child in module.named_children():
+        if isinstance(child, NoiseBlock):
+            setattr(module, name, _ExportNoise(child, noise))
+        elif isinstance(child, LocalMHA):
+            setattr(module, name, _ExportLocalMHA(child))
+        else:
+            _replace_blocks(child, noise)
+
+
+class EncoderGraph(nn.Module):
+    """``audio (B, 1, T)`` -> codes per level, padding computed symbolically."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.encoder
+        self.quantizers = model.quantizer.quantizers
+        self.pad_multiple = int(model.pad_multiple)
+
+    def forward(self, audio: torch.Tensor) -> List[torch.Tensor]:
+        b = audio.shape[0]
+        x = nn.functional.pad(audio, (0, (-audio.shape[-1]) % self.pad_multiple))
+        # Through (B, 1, n, P) and back: the length becomes n * P, a multiple of P the shape solver
+        # can see, so every stride and pooling divides it without a guard on the input length.
+        x = x.reshape(b, 1, -1, self.pad_multiple).reshape(b, 1, -1)
+        residual = self.encoder(x)
+        codes = []
+        for q in self.quantizers:
+            z = nn.functional.avg_pool1d(residual, q.stride, q.stride) if q.stride > 1 else residual
+            c = q.nearest_codes(q.in_proj(z))
+            codes.append(c)
+            residual = residual - _upsample(q.out_proj(q.lookup(c)), q.stride)
+        return codes
+
+
+def _upsample(z: torch.Tensor, stride: int) -> torch.Tensor:
+    """``repeat_interleave`` along time as expand + reshape (exports with a symbolic length)."""
+    if stride == 1:
+        return z
+    b, d, t = z.shape
+    return z.unsqueeze(-1).expand(b, d, t, stride).reshape(b, d, t * stride)
+
+
+class DecoderGraph(nn.Module):
+    """Codes per level -> audio ``(B, 1, T_0 * stride_0 * hop)``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.decoder = model.decoder
+        self.quantizers = model.quantizer.quantizers
+
+    def forward(self, *codes: torch.Tensor) -> torch.Tensor:
+        z_q = None
+        for q, c in zip(self.quantizers, codes):
+            part = _upsample(q.out_proj(q.lookup(c)), q.stride)
+            z_q = part if z_q is None else z_q + part
+        return self.decoder(z_q)
+
+
+def export_graphs(model, noise: bool = False) -> tuple:
+    """``(EncoderGraph, DecoderGraph)`` of a folded copy of ``model`` in eval mode."""
+    folded = fold_weight_norm(model).eval()
+    _replace_blocks(folded, noise)
+    return EncoderGraph(folded).eval(), DecoderGraph(folded).eval()
+
+
+def _export(module: nn.Module, args: tuple, path: Path, input_names: List[str], output_names: List[str],
+            dynamic_shapes, opset: int) -> None:
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed" and similar notices
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, args, dynamo=True, input_names=input_names,
+                                        output_names=output_names, dynamic_shapes=dynamic_shapes,
+                                        opset_version=opset, optimize=True, verbose=False, external_data=False)
+    finally:
+        quiet.setLevel(level)
+    if program is None:
+        raise RuntimeError(f"{path}: torch.onnx.export returned no program")
+    # written to a temp name and renamed: a half-written .onnx never carries the final name
+    from espnet_snac.atomic_files import atomic_write_bytes
+
+    atomic_write_bytes(path, program.model_proto.SerializeToString())
+
+
+def export_onnx(model, out_dir: PathLike, noise: bool = False, opset: int = DEFAULT_OPSET,
+                example_seconds: float = 1.0) -> Dict[str, Path]:
+    """Write ``encoder.onnx``, ``decoder.onnx`` and ``config.json`` for ``model`` to ``out_dir``.
+
+    ``example_seconds`` is the length of the example input traced (the graphs accept any length);
+    the exported graphs are checked against the model on that example before anything is written.
+    """
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError("ONNX export needs the 'onnx' extra: pip install 'espnet-snac[onnx]' "
+                           f"(onnx, onnxscript, onnxruntime); {exc}") from exc
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder, decoder = export_graphs(model, noise)
+    levels = len(model.vq_strides)
+    code_names = [f"codes_{i}" for i in range(levels)]
+    # several multiples of pad_multiple, and not one: the example must not make the tracer specialise
+    samples = max(3, math.ceil(example_seconds * model.sampling_rate / model.pad_multiple)) * model.pad_multiple - 1
+    audio = torch.zeros(2, 1, samples)
+    audio.normal_(generator=torch.Generator().manual_seed(0)).mul_(0.1)
+    # Dim.DYNAMIC (not named Dims): torch.export infers the relations itself (the code levels'
+    # lengths are tied by the strides) instead of failing on constraints stated differently.
+    dynamic = torch.export.Dim.DYNAMIC
+    paths = {"encoder": out_dir / "encoder.onnx", "decoder": out_dir / "decoder.onnx",
+             "config": out_dir / "config.json"}
+    _export(encoder, (audio,), paths["encoder"], ["audio"], code_names, {"audio": {0: dynamic, 2: dynamic}}, opset)
+    with torch.no_grad():
+        codes = encoder(audio)
+    first = model.vq_strides[0]
+    code_shapes = tuple({0: dynamic, 1: dynamic} for _ in model.vq_strides)
+    _export(decoder, tuple(codes), paths["decoder"], code_names, ["audio"], (code_shapes,), opset)
+    config = dict(model.config)
+    config["onnx"] = {
+        "opset": opset, "noise": bool(noise), "pad_multiple": int(model.pad_multiple),
+        "encoder": {"inputs": {"audio": ["batch", 1, "samples"]},
+                    "outputs": {n: ["batch", f"frames*{first // s}" if s != first else "frames"]
+                                for n, s in zip(code_names, model.vq_strides)}},
+        "decoder": {"inputs": {n: ["batch", f"frames*{first // s}" if s != first else "frames"]
+                               for n, s in zip(code_names, model.vq_strides)},
+                    "outputs": {"audio": ["batch", 1, f"frames*{first * model.hop_length}"]}},
+    }
+    from espnet_snac.atomic_files import atomic_write_text
+
+    atomic_write_text(paths["config"], json.dumps(config, indent=2) + "\n")
+    return paths
+
+
+class OnnxSNAC:
+    """ONNX Runtime sessions for an exported directory, with numpy in and out.
+
+    ``threads`` sets intra-op threads (``None``: ONNX Runtime's default, all cores).
+    """
+
+    def __init__(self, directory: PathLike, threads: Optional[int] = None,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)):
+        import onnxruntime as ort
+
+        directory = Path(directory)
+        self.config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        self.encoder = ort.InferenceSession(str(directory / "encoder.onnx"), options, providers=list(providers))
+        self.decoder = ort.InferenceSession(str(directory / "decoder.onnx"), options, providers=list(providers))
+        self.code_names = [o.name for o in self.encoder.get_outputs()]
+
+    def encode(self, audio):
+        """``audio (B, 1, T)`` float32 -> list of int64 ``(B, frames_l)``."""
+        import numpy as np
+
+        return self.encoder.run(None, {"audio": np.ascontiguousarray(audio, dtype=np.float32)})
+
+    def decode(self, codes):
+        """Codes per level -> audio ``(B, 1, T')`` float32."""
+        import numpy as np
+
+        feed = {n: np.ascontiguousarray(c, dtype=np.int64) for n, c in zip(self.code_names, codes)}
+        return self.decoder.run(None, feed)[0]

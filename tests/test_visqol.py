@@ -1,0 +1,83 @@
+"""ViSQOL (espnet_snac.visqol_metric) and its place in espnet_snac.bin.score, on real speech."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("visqol")
+
+from espnet_snac import visqol_metric  # noqa: E402
+from espnet_snac.bin import score  # noqa: E402
+from espnet_snac.metrics import MetricError  # noqa: E402
+from speech_samples import load_speech  # noqa: E402
+
+SR = 24000
+
+
+def with_noise(x: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
+    noise = np.random.default_rng(seed).standard_normal(x.size).astype(np.float32)
+    noise *= np.sqrt(np.mean(x**2) / np.mean(noise**2) / 10 ** (snr_db / 10))
+    return (x + noise).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def utts():
+    return load_speech(SR, n=2)
+
+
+def test_identity_is_at_the_top_of_the_scale_and_noise_ranks_below(utts):
+    for x in utts:
+        same = visqol_metric.visqol(x, x.copy(), SR)
+        light = visqol_metric.visqol(x, with_noise(x, 30.0), SR)
+        heavy = visqol_metric.visqol(x, with_noise(x, 5.0), SR)
+        assert same > 4.7  # audio mode's SVR ceiling is about 4.73
+        assert same > light > heavy >= 1.0, (same, light, heavy)
+
+
+def test_speech_mode_with_the_lattice_model(utts):
+    if not visqol_metric.lattice_available():
+        pytest.skip("visqol-python[lattice] (ai-edge-litert) not installed")
+    x = utts[0]
+    same = visqol_metric.visqol(x, x.copy(), SR, mode="speech")
+    noisy = visqol_metric.visqol(x, with_noise(x, 5.0), SR, mode="speech")
+    assert same > 4.3 and noisy < same - 1.0
+
+
+def test_unscorable_pairs_raise_metric_errors(utts):
+    with pytest.raises(MetricError, match="too short"):
+        visqol_metric.visqol(utts[0][:2400], utts[0][:2400], SR)
+    with pytest.raises(MetricError, match="silent"):
+        visqol_metric.visqol(np.zeros(SR), np.zeros(SR), SR)
+    with pytest.raises(MetricError, match="mode"):
+        visqol_metric.visqol(utts[0], utts[0], SR, mode="music")
+
+
+def test_score_cli_reports_visqol(utts, tmp_path):
+    ref_lines, hyp_lines = [], []
+    pairs = {"same": (utts[0], utts[0]), "noisy": (utts[1], with_noise(utts[1], 5.0)),
+             "short": (utts[0][:4000], utts[0][:4000])}
+    for utt, (ref, hyp) in pairs.items():
+        sf.write(tmp_path / f"{utt}_ref.wav", ref, SR)
+        sf.write(tmp_path / f"{utt}_hyp.wav", hyp, SR)
+        ref_lines.append(f"{utt} {tmp_path / f'{utt}_ref.wav'}")
+        hyp_lines.append(f"{utt} {tmp_path / f'{utt}_hyp.wav'}")
+    (tmp_path / "ref.scp").write_text("\n".join(ref_lines) + "\n")
+    (tmp_path / "hyp.scp").write_text("\n".join(hyp_lines) + "\n")
+    args = ["--ref_scp", str(tmp_path / "ref.scp"), "--hyp_scp", str(tmp_path / "hyp.scp")]
+    assert score.main(args + ["--output_dir", str(tmp_path / "on"), "--visqol", "true"]) == 0
+    results = json.loads((tmp_path / "on" / "results.json").read_text())
+    assert results["num_utts"] == 3 and results["num_failed"] == 1  # the 0.17 s pair cannot be scored
+    assert "audio mode at 48000 Hz" in results["visqol_setting"]
+    header, *rows = [line.split("\t") for line in (tmp_path / "on" / "utt_results.tsv").read_text().splitlines()]
+    table = {r[0]: dict(zip(header, r)) for r in rows}
+    assert float(table["same"]["visqol"]) > 4.7 > float(table["noisy"]["visqol"])
+    assert table["short"]["status"] == "failed" and table["short"]["error"]  # PESQ refuses it first
+    assert results["visqol"] == pytest.approx(np.mean([float(table[u]["visqol"]) for u in ("same", "noisy")]),
+                                              rel=1e-4)
+    md = (tmp_path / "on" / "results.md").read_text()
+    assert "| visqol | higher |" in md and "ViSQOL: visqol-python, audio mode" in md
+    assert score.main(args + ["--output_dir", str(tmp_path / "off"), "--visqol", "false"]) == 0
+    assert "visqol" not in json.loads((tmp_path / "off" / "results.json").read_text())
