@@ -63,6 +63,9 @@ def test_step_checks_judge_outputs():
     assert gc.check_cuda_tests(True)("6 passed in 30.0s\n", 0)[0]
     assert not gc.check_cuda_tests(True)("5 passed, 1 failed in 30.0s\n", 1)[0]
 
+    full = gc.report([gc.Step("codec", "x", ["cmd"], 1, gc.check_codec, status="ok")], "cuda", False, "env", 500.0)
+    assert "whole check <= 8 min: MISSED (500 s)" in full and full.strip().endswith("gpu_check: 1/1 steps ok")
+
     stream = ("exact lookahead 3 frames\n| stream, lookahead 3 | 3 / 256.0 | 5.0 | 5.0 | 261.0 | 0.06 / 0.06 | 40.0 |\n")
     assert not gc.check_stream(stream, 0)[0]  # exact lookahead must reproduce the full decode
     assert gc.check_stream(stream.replace("| 40.0 |", "| exact (0 error) |"), 0)[0]
