@@ -293,7 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if verdict is not None:
             print(f"{name}: {verdict.usage_line()}")
             if verdict.collapsed:
-                print(verdict.box(f"the codes of the {name} set ({scoring_dir.parent})"), file=sys.stderr)
+                print(verdict.box(f"the codes of the {name} set"), file=sys.stderr)
     print(f"wrote {args.output}")
     return 0
 

@@ -507,8 +507,8 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
             --output "${codec_exp}/RESULTS.md" > "${codec_exp}/make_results.log" 2>&1 ||
             { tail -n 30 "${codec_exp}/make_results.log" >&2; die "Stage 5: writing ${codec_exp}/RESULTS.md failed (log: ${codec_exp}/make_results.log)"; }
         # Codebook use of the decoded sets and, for a collapsed codec, the warning box (also in RESULTS.md).
-        grep -E '^[^ ]+: codes in use per level' "${codec_exp}/make_results.log" | while IFS= read -r line; do
-            log "Stage 5: ${line}"; done
+        { grep -E '^[^ ]+: codes in use per level' "${codec_exp}/make_results.log" || true; } |
+            while IFS= read -r line; do log "Stage 5: ${line}"; done
         grep -E '^!' "${codec_exp}/make_results.log" >&2 || true
         echo "$results_opts" > "${codec_exp}/.results_opts"
         log "Stage 5: results table ${codec_exp}/RESULTS.md"
@@ -558,8 +558,8 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
                     --output_dir "$dir" \
                     --no_progress \
                     --device "$device" || die "Stage 6: token extraction of ${dset} failed (log: ${dir}/extract_tokens.log)"
-            grep -E '^codes in use per level' "${dir}/extract_tokens.log" | while IFS= read -r line; do
-                log "Stage 6: ${dset}: ${line}"; done
+            { grep -E '^codes in use per level' "${dir}/extract_tokens.log" || true; } |
+                while IFS= read -r line; do log "Stage 6: ${dset}: ${line}"; done
             # A collapsed codebook (espnet_snac.tokens.stats.collapse_verdict): the box, on the console.
             grep -E '^!' "${dir}/extract_tokens.log" >&2 || true
             [ -d "${dir}/datasets" ] && log "Stage 6: ${dset}: datasets export (utt_id, text, codes, orpheus_ids;" \
@@ -785,4 +785,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 5 ] && [ -d "$codec_exp" ]; then
     [ -f "${codec_exp}/RESULTS.md" ] && log "  results:  ${codec_exp}/RESULTS.md"
     [ -n "${decode_dir:-}" ] && log "  decoded audio, scores and spectrograms: ${decode_dir}/<set>/{wav,scoring}"
     [ -d "${dumpdir}/tokens" ] && log "  tokens:   ${dumpdir}/tokens/<set>"
+    if compgen -G "${dumpdir}/tokens/*/datasets" > /dev/null; then
+        log "  token datasets with transcripts (Orpheus-style): ${dumpdir}/tokens/<set>/datasets"
+    fi
 fi
