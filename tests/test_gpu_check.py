@@ -22,7 +22,7 @@ def _gpu_check():
 
 def test_cpu_quick_run_reports_every_step_ok(tmp_path):
     report = tmp_path / "report.md"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable)  # the interpreter running the tests
     proc = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--quick",
                            "--output", str(report), "--work_dir", str(tmp_path / "work")],
                           capture_output=True, text=True, timeout=400, env=env)
