@@ -1,7 +1,7 @@
 """Encode / decode speed: ours vs the official ``snac`` package, same weights, same audio, one process.
 
     python benchmarks/bench_codec.py [--device cpu|cuda] [--batch_size 1] [--threads 2]
-                                     [--wav_scp data/test/wav.scp] [--repeats 3]
+                                     [--wav_scp data/test/wav.scp] [--repeats 3] [--seconds S]
 
 Both models get the official 24 kHz architecture with one set of random weights (seed 0, no
 download: the arithmetic costs the same as with trained weights). Audio: the demo corpus
@@ -195,6 +195,7 @@ def main() -> None:
                    help="join consecutive utterances (0.1 s pauses) into files of at least this many "
                         "seconds before --num_files applies: long real speech from short utterances")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median is reported")
+    p.add_argument("--seconds", type=float, default=0.0, help="cut each utterance to this many seconds (0: whole)")
     args = p.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -213,6 +214,8 @@ def main() -> None:
     if args.join_seconds > 0:
         items = join_utterances(items, args.join_seconds)
         items = items[:args.num_files] if args.num_files > 0 else items
+    if args.seconds > 0:
+        items = [(name, a[: int(args.seconds * RATE)]) for name, a in items]
     audios = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device) for _, a in items]
     seconds = sum(a.shape[-1] for a in audios) / RATE
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"

@@ -199,7 +199,7 @@ def plan(device: str, quick: bool, work: Path) -> List[Step]:
     cuda, cuda_full = device == "cuda", device == "cuda" and not quick
     train_dir, eval_scp = demo_data(work, quick)
     if quick:  # every step at tiny size: seconds each
-        codec = ["--num_files", "1", "--repeats", "1"]
+        codec = ["--num_files", "1", "--repeats", "1", "--seconds", "1.5"]
         extract = ["--num_files", "2", "--repeats", "1"]
         train = ["--config", str(TINY_CONFIG), "--batch_size", "1", "--samples", "2048", "--iters", "1", "--warmup", "1"]
         curve = ["--config", str(bf16_config(TINY_CONFIG, work)), "--minutes", "0.05", "--num_evals", "1",
