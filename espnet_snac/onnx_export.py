@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -186,6 +187,8 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: List[str], 
     quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed" and similar notices
     level = quiet.level
     quiet.setLevel(logging.ERROR)
+    # the exporter's decompositions set TORCHINDUCTOR_CACHE_DIR for the whole process; put it back
+    saved_cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     try:
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -194,6 +197,10 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: List[str], 
                                         opset_version=opset, optimize=True, verbose=False, external_data=False)
     finally:
         quiet.setLevel(level)
+        if saved_cache_dir is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved_cache_dir
     if program is None:
         raise RuntimeError(f"{path}: torch.onnx.export returned no program")
     # written to a temp name and renamed: a half-written .onnx never carries the final name
@@ -235,9 +242,16 @@ def export_onnx(model, out_dir: PathLike, noise: bool = False, opset: int = DEFA
     first = model.vq_strides[0]
     code_shapes = tuple({0: dynamic, 1: dynamic} for _ in model.vq_strides)
     _export(decoder, tuple(codes), paths["decoder"], code_names, ["audio"], (code_shapes,), opset)
+    from espnet_snac.streaming import receptive_field
+
+    field = receptive_field(model)
     config = dict(model.config)
     config["onnx"] = {
         "opset": opset, "noise": bool(noise), "pad_multiple": int(model.pad_multiple),
+        # for OnnxStreamingDecoder: latent frames of left context, coarse frames of lookahead, and the
+        # attention alignment (latent frames) of a window decode that reproduces the full decode
+        "streaming": {"left": field.left, "lookahead_frames": field.lookahead_frames, "align": field.align,
+                      "hop_length": int(model.hop_length)},
         "encoder": {"inputs": {"audio": ["batch", 1, "samples"]},
                     "outputs": {n: ["batch", f"frames*{first // s}" if s != first else "frames"]
                                 for n, s in zip(code_names, model.vq_strides)}},
@@ -283,3 +297,89 @@ class OnnxSNAC:
 
         feed = {n: np.ascontiguousarray(c, dtype=np.int64) for n, c in zip(self.code_names, codes)}
         return self.decoder.run(None, feed)[0]
+
+
+class OnnxStreamingDecoder:
+    """Streaming decode with ``decoder.onnx``: audio for code frames as they arrive, equal to the
+    full decode (noise off) up to float rounding.
+
+    Each :meth:`push` decodes a window of the codes: the left context and the lookahead that the
+    decoder's receptive field needs (:func:`espnet_snac.streaming.receptive_field`, stored in
+    ``config.json`` at export), started at a coarse frame on the attention grid, and returns the
+    audio of the frames that are final. Work per push is bounded (24 kHz: 3 coarse frames of left
+    context and 3 of lookahead, i.e. 256 ms of latency). Codes are pushed per level, coarse-frame
+    aligned: ``[(B, n * s_0 / s_l)]``. A model exported with ``--noise true`` draws fresh noise in
+    every window, so its stream does not repeat the full decode.
+    """
+
+    def __init__(self, directory: PathLike, threads: Optional[int] = None, session: Optional[OnnxSNAC] = None):
+        self.session = session or OnnxSNAC(directory, threads=threads)
+        config = self.session.config
+        stream = config["onnx"]["streaming"]
+        self.strides = [int(s) for s in config["vq_strides"]]
+        self.stride = self.strides[0]  # latent frames per coarse frame
+        self.left, self.align = int(stream["left"]), int(stream["align"])
+        self.lookahead_frames = int(stream["lookahead_frames"])
+        self.samples_per_frame = int(stream["hop_length"]) * self.stride
+        self.period = math.lcm(self.align, self.stride)  # window starts: latent multiples of this
+        self.reset()
+
+    def reset(self) -> None:
+        self._buffer: Optional[List] = None  # per level, from coarse frame self._start
+        self._start = self._received = self._emitted = 0
+
+    def _per_frame(self, level: int) -> int:
+        return self.stride // self.strides[level]
+
+    def push(self, codes: Sequence) -> "np.ndarray":
+        """Add codes per level; returns the audio that is final so far, float32 ``(B, 1, samples)``."""
+        import numpy as np
+
+        codes = [np.asarray(c, dtype=np.int64) for c in codes]
+        if len(codes) != len(self.strides) or any(c.ndim != 2 for c in codes):
+            raise ValueError(f"push takes {len(self.strides)} levels of codes shaped (B, frames)")
+        frames = codes[0].shape[1]
+        if any(c.shape[1] != frames * self._per_frame(i) for i, c in enumerate(codes)):
+            raise ValueError(f"levels must hold whole coarse frames: lengths n * {[self._per_frame(i) for i in range(len(codes))]}, "
+                             f"got {[c.shape[1] for c in codes]}")
+        if self._buffer is None:
+            self._buffer = codes
+        else:
+            if codes[0].shape[0] != self._buffer[0].shape[0]:
+                raise ValueError("batch size changed within a stream; call flush() or reset() first")
+            self._buffer = [np.concatenate([b, c], axis=1) for b, c in zip(self._buffer, codes)]
+        self._received += frames
+        return self._emit(max(self._emitted, self._received - self.lookahead_frames))
+
+    def flush(self) -> "np.ndarray":
+        """End of stream: the remaining audio; the decoder is then reset."""
+        audio = self._emit(self._received)
+        self.reset()
+        return audio
+
+    def _window_first(self, emitted: int) -> int:
+        """First coarse frame of a window that reproduces the frames from ``emitted`` on."""
+        start = max(0, emitted * self.stride - self.left)
+        return start // self.period * self.period // self.stride
+
+    def _emit(self, until: int) -> "np.ndarray":
+        import numpy as np
+
+        batch = 0 if self._buffer is None else self._buffer[0].shape[0]
+        if until <= self._emitted:
+            return np.zeros((batch, 1, 0), dtype=np.float32)
+        first = self._window_first(self._emitted)
+        window = [b[:, (first - self._start) * self._per_frame(i):] for i, b in enumerate(self._buffer)]
+        # attention works on whole windows: fill with code 0; what follows the last received frame
+        # only reaches samples past `until`, which are held back
+        extra = -(window[0].shape[1] * self.stride) % self.period // self.stride
+        if extra:
+            window = [np.pad(w, ((0, 0), (0, extra * self._per_frame(i)))) for i, w in enumerate(window)]
+        audio = self.session.decode(window)
+        begin = (self._emitted - first) * self.samples_per_frame
+        audio = audio[..., begin: begin + (until - self._emitted) * self.samples_per_frame]
+        self._emitted = until
+        keep = self._window_first(self._emitted)
+        self._buffer = [b[:, (keep - self._start) * self._per_frame(i):] for i, b in enumerate(self._buffer)]
+        self._start = keep
+        return np.ascontiguousarray(audio)

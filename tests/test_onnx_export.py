@@ -20,7 +20,7 @@ snac = pytest.importorskip("snac")
 
 from espnet_snac import cli  # noqa: E402
 from espnet_snac.model import SNAC  # noqa: E402
-from espnet_snac.onnx_export import OnnxSNAC, export_onnx, fold_weight_norm  # noqa: E402
+from espnet_snac.onnx_export import OnnxSNAC, OnnxStreamingDecoder, export_onnx, fold_weight_norm  # noqa: E402
 from speech_samples import load_speech  # noqa: E402
 
 torch.set_num_threads(1)
@@ -96,6 +96,31 @@ def test_official_codes_on_real_speech(exported24):
         assert all(np.array_equal(c, r.numpy()) for c, r in zip(codes, ref))
 
 
+def _stream(session: OnnxSNAC, codes, chunk: int) -> np.ndarray:
+    """Push ``codes`` ``chunk`` coarse frames at a time through an OnnxStreamingDecoder."""
+    stream = OnnxStreamingDecoder(None, session=session)
+    per = [codes[0].shape[1] and c.shape[1] // codes[0].shape[1] for c in codes]
+    pieces = [stream.push([c[:, f * p:(f + chunk) * p] for c, p in zip(codes, per)])
+              for f in range(0, codes[0].shape[1], chunk)]
+    return np.concatenate(pieces + [stream.flush()], axis=-1)
+
+
+def test_streaming_decoder_step_equals_the_full_decode(exported24):
+    model_dir, out = exported24
+    session = OnnxSNAC(out, threads=1)
+    audio = torch.from_numpy(load_speech(24000, n=1)[0]).view(1, 1, -1)
+    codes = session.encode(audio.numpy())
+    full = session.decode(codes)
+    for chunk in (1, 3):
+        streamed = _stream(session, codes, chunk)
+        assert streamed.shape == full.shape
+        assert np.abs(streamed - full).max() < 1e-4, chunk
+    stream = OnnxStreamingDecoder(out, threads=1)
+    assert stream.push([c[:, :0] for c in codes]).shape == (1, 1, 0)
+    first = stream.push([c[:, : 4 * c.shape[1] // codes[0].shape[1]] for c in codes])
+    assert first.shape[-1] == (4 - stream.lookahead_frames) * stream.samples_per_frame  # 3 frames held back
+
+
 @pytest.mark.parametrize("config", [pytest.param(S32_SHALLOW, id="shallow"),
                                     pytest.param(S32, id="release_depth", marks=[pytest.mark.slow, slow])])
 def test_32khz_with_attention(tmp_path, config):
@@ -113,6 +138,8 @@ def test_32khz_with_attention(tmp_path, config):
         codes = session.encode(audio.numpy())
         assert len(codes) == 4 and all(np.array_equal(c, r.numpy()) for c, r in zip(codes, ref))
         assert np.abs(session.decode(codes) - ours_audio.numpy()).max() < 1e-3
+    # streaming across attention windows (align 32 latent frames = 4 coarse frames)
+    assert np.abs(_stream(session, codes, 3) - session.decode(codes)).max() < 1e-4
 
 
 def test_noise_true_keeps_the_noise_blocks(tmp_path):
