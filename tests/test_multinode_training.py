@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile as sf
 import torch
 
@@ -47,7 +46,8 @@ def _fake_stages_1_to_3(work: Path, n_train: int = 4, chunks: int = 2) -> None:
     (work / "exp" / "codec_stats_24000" / ".done").write_text("faked\n")
 
 
-def _pids_of(pattern: str):
+def _pids_of(*patterns: str):
+    """Training processes whose command line holds all ``patterns``."""
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -55,7 +55,7 @@ def _pids_of(pattern: str):
                 cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "espnet_snac.bin.gan_codec_train" in cmd and pattern in cmd:
+            if "espnet_snac.bin.gan_codec_train" in cmd and all(p in cmd for p in patterns):
                 pids.append(int(d.name))
     return pids
 
@@ -71,15 +71,21 @@ def test_two_nodes_on_localhost_preempted_then_resumed_to_the_planned_steps(tmp_
     exp = work / "exp" / "codec_nodes"
 
     with open(tmp_path / "first.log", "w+") as out:
-        proc = subprocess.Popen(cmd, cwd=RECIPE, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.time() + 240
-        while not (exp / "train.log").exists() or not ITERATION_LOG.search((exp / "train.log").read_text()):
-            assert proc.poll() is None and time.time() < deadline, out.seek(0) or out.read()
-            time.sleep(0.2)
-        rank1 = _pids_of("--dist_rank 1")
-        assert len(rank1) == 1
-        os.kill(rank1[0], signal.SIGUSR1)  # one rank only: the other must stop at the same iteration
-        rc = proc.wait(timeout=120)
+        proc = subprocess.Popen(cmd, cwd=RECIPE, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + 240
+            while not (exp / "train.log").exists() or not ITERATION_LOG.search((exp / "train.log").read_text()):
+                assert proc.poll() is None and time.time() < deadline, out.seek(0) or out.read()
+                time.sleep(0.2)
+            rank1 = _pids_of(str(work), "--dist_rank 1")
+            assert len(rank1) == 1
+            os.kill(rank1[0], signal.SIGUSR1)  # one rank only: the other must stop at the same iteration
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:  # never leave the ranks running after a failure
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         out.seek(0)
         first = out.read()
     assert rc == 75, first
@@ -94,8 +100,15 @@ def test_two_nodes_on_localhost_preempted_then_resumed_to_the_planned_steps(tmp_
     assert state["trainer"]["iteration"] == stopped_at
     assert len(state["rng_ranks"]) == 2
 
-    second = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stdout + second.stderr
+    proc = subprocess.Popen(cmd, cwd=RECIPE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        second, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, second
     log = (exp / "train.log").read_text()
     assert f"iteration {stopped_at})" in log and "was resumed" in log
     plan = json.loads((exp / "plan.json").read_text())
