@@ -34,7 +34,7 @@ demo: venv
 	@echo
 	@echo "results:        $(DEMO_EXP)/RESULTS.md"
 	@echo "reconstructions and spectrogram images: $(DEMO_EXP)/decode_*/<set>/wav, $(DEMO_EXP)/decode_*/<set>/scoring/plots"
-	@echo "tokens:         $(RECIPE)/dump/tokens/{train,dev,test} (codes.scp, text, token_list)"
+	@echo "tokens:         $(RECIPE)/dump/tokens/{train,dev,test} (codes.scp, text, token_list; text_orpheus and datasets/ with the transcripts)"
 	@echo "training curves: $(DEMO_EXP)/images, tensorboard --logdir $(DEMO_EXP)/tensorboard"
 
 # CI=true (set by CI services and .ci/run): a skip whose prerequisite is present fails the run
