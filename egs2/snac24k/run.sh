@@ -51,7 +51,7 @@ for ((i = 0; i + 1 < ${#args[@]}; i++)); do
         --stop_stage) last_stage=${args[$((i + 1))]} ;;
     esac
 done
-if [ "$num_iters" = config ] && ! printf '%s\n' "${args[@]}" | grep -qx -- --num_iters &&
+if [ "$own_config" = true ] && [ "$num_iters" = config ] && ! printf '%s\n' "${args[@]}" | grep -qx -- --num_iters &&
     [ "$first_stage" -le 4 ] 2>/dev/null && [ "$last_stage" -ge 4 ] 2>/dev/null; then
     echo "run.sh: no --num_iters: training runs the config's own step count (max_epoch x num_iters_per_epoch;" \
         "conf/tuning/train_snac24k_tiny.yaml is a smoke test of a few steps and collapses); stage 4 logs the plan." \
