@@ -143,3 +143,13 @@ def test_run_sh_names_the_interpreter_option(tmp_path):
     proc = subprocess.run(["bash", "./run.sh", "--python", str(tmp_path / "no-python"), "--stage", "1"],
                           cwd=RECIPE, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "--python PATH" in proc.stderr and "make demo VENV=PATH" in proc.stderr
+
+
+def test_run_sh_says_when_the_config_sets_the_step_count():
+    tiny = ["--train_config", "conf/tuning/train_snac24k_tiny.yaml", "--help"]
+    quiet = subprocess.run(["bash", "./run.sh", *tiny[:2], "--num_iters", "5", "--help"], cwd=RECIPE,
+                           capture_output=True, text=True, timeout=60)
+    loud = subprocess.run(["bash", "./run.sh", *tiny], cwd=RECIPE, capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == loud.returncode == 0
+    assert "no --num_iters" in loud.stderr and "Give --num_iters N" in loud.stderr
+    assert "no --num_iters" not in quiet.stderr
