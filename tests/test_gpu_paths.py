@@ -125,7 +125,19 @@ def _ddp_rank(rank: int, world: int, port: int, config, queue) -> None:
         expected = torch.rand(3)
         ckpt.set_rng_state(ckpt.rank_rng_state({"rng": states[0], "rng_ranks": states}, rank, world))
         restored = torch.equal(torch.rand(3), expected)
-        queue.put((rank, checksum, buffers, restored, float(expected[0]), step.applied_steps))
+
+        # Control flags agreed on a separate gloo group when the default backend is not gloo (NCCL):
+        # rank 1's flag reaches rank 0 there.
+        from espnet_snac.train import trainer
+
+        real_backend = dist.get_backend
+        dist.get_backend = lambda *a, **k: "nccl"
+        try:
+            flags = trainer._any_rank([rank == 1, False], True)
+            separate = trainer._control_group() is not None
+        finally:
+            dist.get_backend = real_backend
+        queue.put((rank, checksum, buffers, restored, float(expected[0]), step.applied_steps, flags, separate))
     except Exception as e:  # noqa: BLE001 - reported to the test
         queue.put((rank, f"{type(e).__name__}: {e}"))
     finally:
@@ -159,7 +171,9 @@ def test_ddp_two_gloo_ranks_with_the_config(config):
     results = _run_two_ranks(config)
     for rank in (0, 1):
         assert not isinstance(results[rank][0], str), results[rank][0]
-    (sum0, buf0, restored0, draw0, applied0), (sum1, buf1, restored1, draw1, applied1) = results[0], results[1]
+    (sum0, buf0, restored0, draw0, applied0, flags0, sep0) = results[0]
+    (sum1, buf1, restored1, draw1, applied1, flags1, sep1) = results[1]
+    assert flags0 == flags1 == [True, False] and sep0 and sep1
     assert sum0 == sum1 and buf0 == buf1  # lockstep weights; constant buffers agree without broadcasting
     assert applied0 == applied1 == 4  # 2 iterations x 2 networks
     assert restored0 and restored1  # each rank got its own random state back

@@ -200,7 +200,7 @@ class SNACGANTrainer(GANTrainer):
                 cls._end_of_epoch(output_dir, model, optimizers, schedulers, reporter, step, opts, iepoch,
                                   keep_nbest, writers)
                 schedule.written()
-            if _any_rank(preemption.requested(), distributed, device) and iepoch < opts.max_epoch:
+            if _any_rank(preemption.requested(), distributed) and iepoch < opts.max_epoch:
                 # A signal during validation or the epoch's end: the epoch's checkpoint is written.
                 where = f"({preemption.signal_name()}) after epoch {iepoch}, iteration {step.iteration}"
                 _log_preempted(f"{where}: {output_dir / ckpt.LATEST} written; rerun the same command to continue",
@@ -349,7 +349,7 @@ class SNACGANTrainer(GANTrainer):
         log_interval = options.log_interval or 100
         model.train()
         all_steps_are_invalid = True
-        stop = torch.zeros((), device=device)
+        stop = torch.zeros(())  # a CPU flag on the control group: no GPU synchronisation
         iterator = iter(iterator)
         for _ in range(skip_batches):
             if next(iterator, None) is None:
@@ -363,7 +363,7 @@ class SNACGANTrainer(GANTrainer):
         start = time.perf_counter()
         for iiter, (_, batch) in enumerate(reporter.measure_iter_time(iterator, "iter_time"), 1):
             if distributed:
-                torch.distributed.all_reduce(stop, torch.distributed.ReduceOp.SUM)
+                torch.distributed.all_reduce(stop, torch.distributed.ReduceOp.SUM, group=_control_group())
                 if stop > 0:
                     break
             batches += 1
@@ -392,7 +392,7 @@ class SNACGANTrainer(GANTrainer):
             # clock or signal decides for everyone, so all save together and stop at this iteration.
             due = bool(schedule is not None and save is not None and step.guard.healthy
                        and schedule.due(step.iteration))
-            due, preempted = _any_rank([due, preemption.requested()], distributed, device)
+            due, preempted = _any_rank([due, preemption.requested()], distributed)
             if (due or preempted) and save is not None:
                 save(batches)
                 if schedule is not None:
@@ -403,7 +403,7 @@ class SNACGANTrainer(GANTrainer):
         else:
             if distributed:
                 stop.fill_(1)
-                torch.distributed.all_reduce(stop, torch.distributed.ReduceOp.SUM)
+                torch.distributed.all_reduce(stop, torch.distributed.ReduceOp.SUM, group=_control_group())
         return all_steps_are_invalid and step.applied_steps == applied_before
 
     @classmethod
@@ -482,13 +482,30 @@ def _refuse_data_parallel(distributed_option: DistributedOption) -> None:
         )
 
 
-def _any_rank(flags, distributed: bool, device):
+_CONTROL_GROUPS: Dict[int, Any] = {}
+
+
+def _control_group():
+    """The process group for the per-iteration control flags (end of data, checkpoint due, preempted):
+    the default group when it is gloo, else a gloo group over the same ranks, created once (all ranks
+    reach the first call together). CPU flags on gloo cost no GPU synchronisation, where NCCL would
+    need device tensors and a device-to-host copy each iteration."""
+    dist = torch.distributed
+    if dist.get_backend() == "gloo":
+        return None
+    key = id(dist.group.WORLD)
+    if key not in _CONTROL_GROUPS:
+        _CONTROL_GROUPS[key] = dist.new_group(backend="gloo")
+    return _CONTROL_GROUPS[key]
+
+
+def _any_rank(flags, distributed: bool):
     """``flags`` (a bool or a list of bools) OR-ed over all ranks (a MAX all-reduce when distributed)."""
     single = isinstance(flags, bool)
     values = [bool(f) for f in ([flags] if single else flags)]
     if distributed:
-        t = torch.tensor([float(v) for v in values], device=device)
-        torch.distributed.all_reduce(t, torch.distributed.ReduceOp.MAX)
+        t = torch.tensor([float(v) for v in values])
+        torch.distributed.all_reduce(t, torch.distributed.ReduceOp.MAX, group=_control_group())
         values = [v > 0 for v in t.tolist()]
     return values[0] if single else values
 
