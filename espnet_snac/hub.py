@@ -96,7 +96,8 @@ def resolve(repo_id: str, revision: Optional[str] = None, cache_dir: Optional[Pa
         where = cache_dir or constants.HF_HUB_CACHE
         missing = CONFIG_FILE if config is None else " or ".join(WEIGHT_FILES)
         raise CheckpointError(
-            f"{repo_id}: {missing} not found in the local Hugging Face cache ({where})"
+            f"{repo_id}: no such model file or directory; as a Hugging Face repo id: {missing} not found "
+            f"in the local cache ({where})"
             + (" and downloads are off (HF_HUB_OFFLINE=1)" if offline else " nor on the Hub (or no network)")
             + f"; download it on a machine with network access with `{download_command(repo_id, revision)}` "
             "(same HF_HUB_CACHE), or pass a local model directory"
