@@ -32,7 +32,7 @@ def build_cache(cache: Path, model_dir: Path, repo_id: str = REPO_ID, commit: st
     (root / "blobs").mkdir(parents=True, exist_ok=True)
     snap.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(files):
-        blob = root / "blobs" / f"{i:040x}"
+        blob = root / "blobs" / f"{commit[:8]}{i:032x}"
         shutil.copyfile(model_dir / name, blob)
         os.symlink(os.path.relpath(blob, snap), snap / name)
     (root / "refs").mkdir(exist_ok=True)
@@ -61,7 +61,11 @@ def test_repo_id_loads_from_local_cache_offline(tmp_path, model_dir, offline):
     model = SNAC.from_pretrained(REPO_ID, cache_dir=tmp_path / "hub")
     assert same_weights(model, SNAC.from_pretrained(model_dir))
     assert not model.training
-    # a pinned revision (the commit) resolves to the same snapshot
+    # a newer commit becomes main; the old one stays reachable by its hash
+    torch.manual_seed(1)
+    newer_dir = SNAC(**SMALL).save_pretrained(tmp_path / "newer")
+    build_cache(tmp_path / "hub", newer_dir, commit="f" * 40)
+    assert same_weights(SNAC.from_pretrained(REPO_ID, cache_dir=tmp_path / "hub"), SNAC.from_pretrained(newer_dir))
     pinned = SNAC.from_pretrained(REPO_ID, cache_dir=tmp_path / "hub", revision=COMMIT)
     assert same_weights(pinned, model)
 
