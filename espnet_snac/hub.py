@@ -23,10 +23,15 @@ CONFIG_FILE = "config.json"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
+#: Names of local model files, never repo ids (``exp/latest.pth`` that does not exist is a missing file).
+_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".zip", ".json", ".yaml", ".yml", ".safetensors")
+
+
 def looks_like_repo_id(spec: PathLike) -> bool:
     """True for ``owner/name`` that is not an existing local path (a local path always wins)."""
     text = str(spec)
-    return bool(_REPO_ID.match(text)) and ".." not in text and not Path(text).exists()
+    return (bool(_REPO_ID.match(text)) and ".." not in text and not text.lower().endswith(_FILE_SUFFIXES)
+            and not Path(text).exists())
 
 
 def download_command(repo_id: str, revision: Optional[str] = None) -> str:

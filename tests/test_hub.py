@@ -102,7 +102,7 @@ def test_local_path_wins_and_paths_are_not_repo_ids(tmp_path, model_dir, monkeyp
     shutil.copytree(model_dir, tmp_path / "someone" / "snac_tiny")
     assert not hub.looks_like_repo_id(REPO_ID)  # exists locally: a path
     assert same_weights(SNAC.from_pretrained(REPO_ID), SNAC.from_pretrained(model_dir))
-    for spec in ("./a/b", "/abs/path", "a/b/c", "../x/y", "exp/latest.pth/x/y", "a"):
+    for spec in ("./a/b", "/abs/path", "a/b/c", "../x/y", "exp/latest.pth/x/y", "a", "exp/latest.pth", "m/pack.zip"):
         assert not hub.looks_like_repo_id(spec), spec
     assert hub.looks_like_repo_id("hubertsiuzdak/snac_24khz")
     with pytest.raises(CheckpointError, match="revision"):
