@@ -3,11 +3,14 @@
 Why not ``torch.onnx.export(model.encoder ...)`` on the model as it is: weight norm must be folded
 into plain weights, the official ``preprocess`` computes its padding with Python ``math.ceil`` (the
 length is then baked into the graph) and the official Snake reshapes by data-dependent shapes. The
-wrappers here fold weight norm once, compute the padding as ``(-T) mod P`` (a symbolic expression
-that torch.export keeps dynamic), use our Snake (no reshape), draw decoder noise with ``randn_like``
-(ONNX ``RandomNormalLike``) and upsample the code levels with ``expand`` + ``reshape`` rather than
-``repeat_interleave``. The graphs are made with torch's dynamo exporter (``torch.onnx.export(...,
-dynamo=True)``) with symbolic batch and length dimensions.
+wrappers here fold weight norm into fresh plain convolutions, compute the padding as ``(-T) mod P``
+and reshape through ``(B, 1, n, P)`` (so the shape solver sees a multiple of ``P`` without a guard on
+the length), use our Snake (no reshape), draw decoder noise with ``randn_like`` (ONNX
+``RandomNormalLike``), upsample the code levels with ``expand`` + ``reshape`` rather than
+``repeat_interleave`` and run the windowed attention on 4-D tensors. The graphs are made with
+torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``) with symbolic batch and length
+dimensions. :class:`OnnxSNAC` runs them in ONNX Runtime; :class:`OnnxStreamingDecoder` decodes a
+stream of codes with ``decoder.onnx``, equal to the full decode.
 
 Files written to ``OUT_DIR``:
 
@@ -27,6 +30,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -213,8 +217,8 @@ def export_onnx(model, out_dir: PathLike, noise: bool = False, opset: int = DEFA
                 example_seconds: float = 1.0) -> Dict[str, Path]:
     """Write ``encoder.onnx``, ``decoder.onnx`` and ``config.json`` for ``model`` to ``out_dir``.
 
-    ``example_seconds`` is the length of the example input traced (the graphs accept any length);
-    the exported graphs are checked against the model on that example before anything is written.
+    ``example_seconds`` is the length of the example input traced (the graphs accept any length).
+    ``espnet-snac export`` checks the written graphs against the model on another length.
     """
     try:
         import onnx  # noqa: F401
@@ -285,16 +289,12 @@ class OnnxSNAC:
         self.decoder = ort.InferenceSession(str(directory / "decoder.onnx"), options, providers=list(providers))
         self.code_names = [o.name for o in self.encoder.get_outputs()]
 
-    def encode(self, audio):
+    def encode(self, audio) -> List[np.ndarray]:
         """``audio (B, 1, T)`` float32 -> list of int64 ``(B, frames_l)``."""
-        import numpy as np
-
         return self.encoder.run(None, {"audio": np.ascontiguousarray(audio, dtype=np.float32)})
 
-    def decode(self, codes):
+    def decode(self, codes) -> np.ndarray:
         """Codes per level -> audio ``(B, 1, T')`` float32."""
-        import numpy as np
-
         feed = {n: np.ascontiguousarray(c, dtype=np.int64) for n, c in zip(self.code_names, codes)}
         return self.decoder.run(None, feed)[0]
 
@@ -331,10 +331,8 @@ class OnnxStreamingDecoder:
     def _per_frame(self, level: int) -> int:
         return self.stride // self.strides[level]
 
-    def push(self, codes: Sequence) -> "np.ndarray":
+    def push(self, codes: Sequence) -> np.ndarray:
         """Add codes per level; returns the audio that is final so far, float32 ``(B, 1, samples)``."""
-        import numpy as np
-
         codes = [np.asarray(c, dtype=np.int64) for c in codes]
         if len(codes) != len(self.strides) or any(c.ndim != 2 for c in codes):
             raise ValueError(f"push takes {len(self.strides)} levels of codes shaped (B, frames)")
@@ -351,7 +349,7 @@ class OnnxStreamingDecoder:
         self._received += frames
         return self._emit(max(self._emitted, self._received - self.lookahead_frames))
 
-    def flush(self) -> "np.ndarray":
+    def flush(self) -> np.ndarray:
         """End of stream: the remaining audio; the decoder is then reset."""
         audio = self._emit(self._received)
         self.reset()
@@ -362,9 +360,7 @@ class OnnxStreamingDecoder:
         start = max(0, emitted * self.stride - self.left)
         return start // self.period * self.period // self.stride
 
-    def _emit(self, until: int) -> "np.ndarray":
-        import numpy as np
-
+    def _emit(self, until: int) -> np.ndarray:
         batch = 0 if self._buffer is None else self._buffer[0].shape[0]
         if until <= self._emitted:
             return np.zeros((batch, 1, 0), dtype=np.float32)
