@@ -1,27 +1,43 @@
-"""Shared fixtures: real speech from the committed demo corpus and small saved models."""
+"""Shared fixtures: real speech from the committed demo corpus. Helpers that test modules import
+live in ordinary modules (``speech_samples``, ``tiny_training``), never here: a conftest is not
+importable as a module when pytest runs from the repository root."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List
+from typing import Iterator, List
 
 import numpy as np
 import pytest
+import torch
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "local" / "demo_corpus"
-CONF = REPO / "conf"
-
-
-def load_speech(sample_rate: int, n: int = 3, split: str = "test") -> List[np.ndarray]:
-    """``n`` utterances of real speech (mixed lengths) from the demo corpus at ``sample_rate``."""
-    from espnet_snac.audio_io import load_mono
-
-    files = sorted((DEMO / split).glob("*.flac"))
-    if len(files) < n:
-        pytest.skip(f"demo corpus {DEMO / split} has fewer than {n} files")
-    return [load_mono(f, sample_rate)[0] for f in files[:n]]
+import global_state
+import skip_accounting
+from speech_samples import load_speech
 
 
 @pytest.fixture(scope="session")
 def speech24k() -> List[np.ndarray]:
     return load_speech(24000)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch at one intra-op thread for a module's tests, restored after the module."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# the run-level checks of both helper modules (a conftest's hooks must be its own attributes)
+pytest_runtest_logreport = skip_accounting.pytest_runtest_logreport
+pytest_runtest_protocol = global_state.pytest_runtest_protocol
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    skip_accounting.pytest_sessionfinish(session, exitstatus)
+    global_state.pytest_sessionfinish(session, exitstatus)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    skip_accounting.pytest_terminal_summary(terminalreporter, exitstatus, config)
+    global_state.pytest_terminal_summary(terminalreporter, exitstatus, config)

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
 DEMO_CORPUS = REPO / "local" / "demo_corpus"
 _AUDIO_EXT = (".wav", ".flac", ".ogg")
 
@@ -80,3 +82,13 @@ def speech(sample_rate: int, seconds: float = 3.0, index: int = 0) -> np.ndarray
         n = int(seconds * sample_rate)
         return x[:n] if x.size >= n else np.pad(x, (0, n - x.size))
     return synthetic_speech(sample_rate, seconds, seed=index)
+
+
+def load_speech(sample_rate: int, n: int = 3, split: str = "test") -> List[np.ndarray]:
+    """``n`` utterances of real speech (mixed lengths) from the demo corpus at ``sample_rate``."""
+    from espnet_snac.audio_io import load_mono
+
+    files = sorted((DEMO_CORPUS / split).glob("*.flac"))
+    if len(files) < n:
+        pytest.skip(f"demo corpus {DEMO_CORPUS / split} has fewer than {n} files")
+    return [load_mono(f, sample_rate)[0] for f in files[:n]]

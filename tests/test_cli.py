@@ -16,7 +16,7 @@ from espnet_snac.audio_io import resample
 from espnet_snac.model import SNAC
 from speech_samples import speech
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 # Same topology as the 24 kHz release (hop 512, strides 4/2/1, 4096 codes), much narrower.
 SMALL = dict(sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4, 8, 8], decoder_dim=32,

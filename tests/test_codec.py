@@ -10,7 +10,7 @@ import torch
 
 import espnet_snac  # noqa: F401  (registers snac)
 from espnet_snac.frames import FRAME_ORDER, codes_to_frames, frame_order, frames_to_codes
-from tests.conftest import REPO
+from speech_samples import REPO
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,14 @@ def test_discriminator_and_generator_steps(codec):
     for key in ("adv_loss", "feat_match_loss", "mel_loss", "stft_sc_loss", "stft_mag_loss", "wave_loss",
                 "codebook_loss", "commitment_loss", "generator_loss"):
         assert torch.isfinite(torch.as_tensor(stats[key])).all(), key
+    with torch.no_grad():  # the same batch's codes, from the encoder directly
+        codes = codec.generator.encode(audio[:, None])
     for level in range(3):
-        assert 0 < float(stats[f"codebook_usage_{level}"]) <= 1
-        assert 1 <= float(stats[f"codebook_perplexity_{level}"]) <= 4096
+        counts = torch.bincount(codes[level].reshape(-1), minlength=4096).double()
+        p = counts[counts > 0] / counts.sum()
+        assert float(stats[f"codebook_usage_{level}"]) == pytest.approx(float((counts > 0).sum()) / 4096)
+        assert float(stats[f"codebook_perplexity_{level}"]) == pytest.approx(float(torch.exp(-(p * p.log()).sum())),
+                                                                             rel=1e-5)
     g_out["loss"].backward()
     # The codebooks are trained through the codebook loss (the official package gives them no gradient).
     for q in codec.generator.quantizer.quantizers:

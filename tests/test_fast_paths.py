@@ -15,7 +15,6 @@ from espnet_snac.model import SNAC, SNAC_24KHZ, SNAC_32KHZ
 from espnet_snac.tokens.batching import encode_exact
 from speech_samples import demo_files, synthetic_speech
 
-snac_official = pytest.importorskip("snac")
 
 # The 32 kHz architecture (local attention, four levels, stride 3) at reduced width: same code paths.
 SMALL_32KHZ: Dict = dict(SNAC_32KHZ, encoder_dim=16, decoder_dim=128)
@@ -42,13 +41,16 @@ def _speech(rate: int, n: int, seconds: float) -> List[np.ndarray]:
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def pair(request):
-    """(ours, official, config name) with one set of random weights."""
+    """(ours, official, config name) with one set of random weights, at two threads (restored after)."""
+    snac_official = pytest.importorskip("snac")  # only the tests comparing with it need the package
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     ours = SNAC(**CONFIGS[request.param]).eval()
     official = snac_official.SNAC(**CONFIGS[request.param]).eval()
     official.load_state_dict(ours.state_dict(), strict=True)
-    return ours, official, request.param
+    yield ours, official, request.param
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("batch", [1, 8])

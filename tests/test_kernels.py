@@ -3,16 +3,65 @@ for the encoder's), the decoder with and without them, the build cache, and the 
 compiler."""
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
+from typing import Optional
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from espnet_snac import fast, kernels
 from espnet_snac.model import SNAC, SNAC_24KHZ
 
 needs_compiler = pytest.mark.skipif(kernels.compiler() is None, reason="no C compiler on this machine")
+
+
+def fma_chain(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int,
+              bias_first: bool) -> torch.Tensor:
+    """An independent model of ``kernels.depthwise_exact``: per output one float32 FMA chain over the
+    taps in order (an FMA is the float64 product, exact for float32 inputs, plus the accumulator,
+    rounded to float32), started from the bias or from zero with the bias added last."""
+    b, c, t = x.shape
+    k = weight.shape[-1]
+    halo = k // 2 * dilation
+    xp = F.pad(x.double(), (halo, halo))
+    w = weight.detach().reshape(c, k).double()
+    acc = torch.zeros(b, c, t)
+    if bias_first and bias is not None:
+        acc = acc + bias.detach().view(1, c, 1)
+    for j in range(k):
+        acc = (xp[..., j * dilation: j * dilation + t] * w[:, j].view(1, c, 1) + acc.double()).float()
+    if not bias_first and bias is not None:
+        acc = acc + bias.detach().view(1, c, 1)
+    return acc
+
+
+def conv1d_order(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int) -> Optional[bool]:
+    """Which tap order (``bias_first``) F.conv1d rounds in for these inputs on this machine, found
+    with :func:`fma_chain` (not with the kernel under test); None if it is neither."""
+    k = weight.shape[-1]
+    with torch.no_grad():
+        want = F.conv1d(x, weight, bias, padding=k // 2 * dilation, dilation=dilation, groups=x.shape[1])
+    for bias_first in (True, False):
+        if torch.equal(fma_chain(x, weight, bias, dilation, bias_first), want):
+            return bias_first
+    return None
+
+
+def vssin_missing() -> Optional[str]:
+    """Why the exact Snake kernel cannot exist here (None if it can): torch's CPU library must export
+    MKL's vsSin and ``torch.sin`` must round like it. Checked by calling vsSin directly."""
+    address = kernels.ExactSnake._find_vsin()
+    if address is None:
+        return "torch's CPU library has no MKL vsSin"
+    vsin = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_void_p)(address)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4096, generator=g) * torch.logspace(-3, 3, 4096)
+    y = torch.empty_like(x)
+    vsin(ctypes.byref(ctypes.c_int(x.numel())), x.data_ptr(), y.data_ptr())
+    return None if torch.equal(y, torch.sin(x)) else "torch.sin does not round like MKL's vsSin on this build"
 
 
 @pytest.fixture
@@ -32,6 +81,24 @@ def _encoder_fast_and_plain(encoder_dim: int, batch: int, samples: int):
     audio = torch.randn(batch, 1, samples) * 0.3
     with torch.inference_mode():
         return fast.FastPath(fast.FoldedWeights()).run(model.encoder, audio.clone()), model.encoder(audio)
+
+
+class _Recording:
+    """An ``ExactDepthwise`` that counts the calls it served and keeps the inputs of those it declined."""
+
+    def __init__(self, real: "kernels.ExactDepthwise"):
+        self.real, self.ran, self.declined = real, 0, []
+
+    def order(self, x, weight, bias, dilation):
+        return self.real.order(x, weight, bias, dilation)
+
+    def __call__(self, x, weight, bias, dilation, out):
+        y = self.real(x, weight, bias, dilation, out)
+        if y is None:
+            self.declined.append((x.clone(), weight, bias, dilation))
+        else:
+            self.ran += 1
+        return y
 
 
 def _rows(batch: int, channels: int, length: int, seed: int) -> torch.Tensor:
@@ -180,16 +247,23 @@ def test_loading_keeps_denormals(fresh_kernels):
 @pytest.mark.parametrize("dilation", [1, 3, 9])
 @pytest.mark.parametrize("bias", [True, False])
 def test_exact_depthwise_rounds_like_conv1d(fresh_kernels, length, dilation, bias):
-    """Where a tap order is found for a shape, every output equals F.conv1d's bit for bit; on this
-    machine's oneDNN kernels one is found for every shape the encoder uses."""
+    """Both tap orders of the kernel equal an independent FMA-chain model bit for bit (always: a broken
+    kernel fails here, it is never skipped); where F.conv1d rounds in one of them (found with the
+    model), the probing ``ExactDepthwise`` picks it and equals F.conv1d bit for bit."""
     torch.manual_seed(length * dilation)
     conv = torch.nn.Conv1d(48, 48, 7, dilation=dilation, padding=3 * dilation, groups=48, bias=bias)
     x = _rows(1, 48, length, seed=dilation)
     with torch.no_grad():
+        for bias_first in (True, False):
+            got = kernels.depthwise_exact(x, conv.weight, conv.bias, dilation, bias_first,
+                                          out=torch.full(x.shape, float("nan")))
+            assert torch.equal(got, fma_chain(x, conv.weight, conv.bias, dilation, bias_first)), bias_first
         want = conv(x)
         got = kernels.ExactDepthwise()(x, conv.weight, conv.bias, dilation, out=torch.full(x.shape, float("nan")))
-    if got is None:
-        pytest.skip(f"this CPU's oneDNN kernel for {tuple(x.shape)}, dilation {dilation} has another rounding order")
+    if conv1d_order(x, conv.weight, conv.bias, dilation) is None:
+        assert got is None  # F.conv1d rounds in neither order: the kernel must decline
+        pytest.skip(f"this CPU's oneDNN kernel for {tuple(x.shape)}, dilation {dilation} rounds in another order")
+    assert got is not None, "F.conv1d rounds in one of the kernel's orders, yet ExactDepthwise declined"
     assert torch.equal(got, want)
 
 
@@ -209,25 +283,66 @@ def test_exact_depthwise_falls_back_when_no_order_matches(fresh_kernels, monkeyp
 
 @needs_compiler
 @pytest.mark.parametrize("threads", [1, 2])
-def test_encoder_latents_bit_identical_with_kernels(fresh_kernels, threads):
-    """The encoder's fast path with the exact depthwise kernel gives the plain modules' latents bit
-    for bit (hence their codes), at 1 and 2 threads (oneDNN's rounding order depends on both)."""
+def test_encoder_latents_bit_identical_with_kernels(fresh_kernels, monkeypatch, threads):
+    """The encoder's fast path with the exact kernels gives the plain modules' latents bit for bit
+    (hence their codes), at 1 and 2 threads (oneDNN's rounding order depends on both), and the exact
+    kernels really ran: every depthwise layer whose F.conv1d order is known (checked independently
+    with :func:`fma_chain`) went through an exact kernel, and the exact Snake ran wherever torch's
+    sine is MKL's vsSin."""
+    depthwise, snake = _Recording(kernels.ExactDepthwise()), kernels.ExactSnake()
+    monkeypatch.setattr(kernels, "exact_depthwise", depthwise)
+    monkeypatch.setattr(kernels, "exact_snake", snake)
+    snake_calls = {"snake": 0, "snake_depthwise": 0}
+    declined = []  # (x, weight, bias, dilation) of fused Snake + depthwise calls that returned None
+    real_snake, real_snake_depthwise = snake.snake, snake.snake_depthwise
+
+    def counted_snake(x, alpha, out):
+        snake_calls["snake"] += 1
+        return real_snake(x, alpha, out)
+
+    def counted_snake_depthwise(x, alpha, weight, bias, dilation, out):
+        y = real_snake_depthwise(x, alpha, weight, bias, dilation, out)
+        if y is None:
+            declined.append((fast.snake(x, alpha), weight, bias, dilation))
+        else:
+            snake_calls["snake_depthwise"] += 1
+        return y
+
+    monkeypatch.setattr(snake, "snake", counted_snake)
+    monkeypatch.setattr(snake, "snake_depthwise", counted_snake_depthwise)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         fast_z, plain_z = _encoder_fast_and_plain(16, 2, 3 * 4096)
         assert kernels.status() == "on"
         assert torch.equal(fast_z, plain_z)
+        # a decline is right only where F.conv1d rounds in neither order
+        wrongly_declined = sorted({(tuple(x.shape), d) for x, w, b, d in declined + depthwise.declined
+                                   if conv1d_order(x, w, b, d) is not None})
     finally:
         torch.set_num_threads(old)
+    assert not wrongly_declined, f"exact kernels declined shapes whose F.conv1d order is known: {wrongly_declined}"
+    exact_depthwise_runs = depthwise.ran + snake_calls["snake_depthwise"]
+    assert exact_depthwise_runs + len(declined) + len(depthwise.declined) > 0, "no depthwise layer reached a kernel"
+    reason = vssin_missing()
+    if reason is None:
+        assert snake.available(), "torch.sin is MKL's vsSin, yet the exact Snake kernel's probe failed"
+        assert snake_calls["snake"] > 0 and snake_calls["snake_depthwise"] > 0, snake_calls
+    if declined or depthwise.declined:
+        pytest.skip(f"{len(declined) + len(depthwise.declined)} depthwise layers round in another order on this CPU")
+    assert exact_depthwise_runs > 0
+    if reason is not None:
+        pytest.skip(f"latents identical; the exact Snake kernel cannot run: {reason}")
 
 
 @needs_compiler
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (1, 16, 1500), (3, 1, 2049)])
 def test_exact_snake_is_bit_identical(fresh_kernels, shape):
+    reason = vssin_missing()
+    if reason:
+        pytest.skip(reason)
     snake = kernels.ExactSnake()
-    if not snake.available():
-        pytest.skip("this torch build's sine is not MKL's vsSin")
+    assert snake.available(), "torch.sin is MKL's vsSin, yet the exact Snake kernel's probe failed"
     x = _rows(*shape, seed=sum(shape)) * 10
     alpha = torch.rand(1, shape[1], 1) * 3 + 0.05
     want = x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
@@ -238,9 +353,11 @@ def test_exact_snake_is_bit_identical(fresh_kernels, shape):
 @pytest.mark.parametrize("length", [1, 40, 2500])
 @pytest.mark.parametrize("dilation", [1, 9])
 def test_exact_snake_depthwise_is_bit_identical(fresh_kernels, length, dilation):
+    reason = vssin_missing()
+    if reason:
+        pytest.skip(reason)
     snake = kernels.ExactSnake()
-    if not snake.available():
-        pytest.skip("this torch build's sine is not MKL's vsSin")
+    assert snake.available(), "torch.sin is MKL's vsSin, yet the exact Snake kernel's probe failed"
     torch.manual_seed(length)
     conv = torch.nn.Conv1d(16, 16, 7, dilation=dilation, padding=3 * dilation, groups=16)
     x = _rows(1, 16, length, seed=length)
@@ -248,9 +365,10 @@ def test_exact_snake_depthwise_is_bit_identical(fresh_kernels, length, dilation)
     with torch.no_grad():
         want = conv(fast.snake(x, alpha))
         got = snake.snake_depthwise(x, alpha, conv.weight, conv.bias, dilation, out=torch.full(x.shape, float("nan")))
-    if got is None:
-        pytest.skip("no exact depthwise order for this shape on this CPU")
-    assert torch.equal(got, want)
+    if conv1d_order(fast.snake(x, alpha), conv.weight, conv.bias, dilation) is None:
+        assert got is None
+        pytest.skip("F.conv1d rounds in neither of the kernel's orders for this shape on this CPU")
+    assert got is not None and torch.equal(got, want)
 
 
 @needs_compiler

@@ -135,15 +135,6 @@ def test_ids_and_hash_split_are_stable():
     assert abs(subsets.count("dev") / 4000 - 0.1) < 0.02 and abs(subsets.count("test") / 4000 - 0.2) < 0.03
 
 
-def test_shipped_presets_parse():
-    from espnet_snac.data.presets import load_preset
-
-    for name in ("librispeech", "commonvoice", "vctk"):
-        preset = load_preset(name)
-        assert preset["source"].startswith("hf:") and preset["name"] == name
-        assert preset.get("splits") or preset.get("dev_fraction")
-
-
 # -- folder source: every kind of bad input ---------------------------------------------------
 def test_folder_mixed_rates_channels_formats_and_broken_files(tmp_path):
     src = tmp_path / "corpus"

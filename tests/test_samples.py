@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from espnet_snac.train.samples import write_validation_samples
-from tests.conftest import CONF
+from speech_samples import CONF
 
 
 @pytest.fixture(scope="module")

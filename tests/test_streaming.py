@@ -11,9 +11,9 @@ from espnet_snac.frames import codes_to_frames
 from espnet_snac.layers import NoiseBlock, positional_noise
 from espnet_snac.model import SNAC, SNAC_24KHZ, SNAC_32KHZ
 from espnet_snac.streaming import StreamingDecoder, receptive_field
-from tests.conftest import load_speech
+from speech_samples import load_speech
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 # Same topologies as the releases, narrow enough for CPU tests.
 SMALL_24K = dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32)
 SMALL_32K = dict(SNAC_32KHZ, encoder_dim=8, decoder_dim=128)  # LocalMHA with 2 heads of 64

@@ -15,8 +15,7 @@ from speech_samples import synthetic_speech
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> SNACTokenizer:
-    torch.set_num_threads(1)
+def tok(tmp_path_factory, one_thread) -> SNACTokenizer:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tok") / "model"
     SNAC(**dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32)).save_pretrained(path)

@@ -16,8 +16,7 @@ LENGTHS = [8400, 21900, 31000, 15001]
 
 
 @pytest.fixture(scope="module")
-def model() -> SNAC:
-    torch.set_num_threads(1)
+def model(one_thread) -> SNAC:
     torch.manual_seed(0)
     return SNAC(**SNAC_24KHZ).eval()
 

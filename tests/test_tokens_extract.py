@@ -26,9 +26,8 @@ N_GOOD = 5
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, one_thread):
     """A small random 24 kHz-layout model on disk and a wav.scp of real speech plus bad entries."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("extract")
     torch.manual_seed(0)
     model = SNAC(**dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32)).eval()
@@ -111,8 +110,15 @@ def test_formats_are_exact_and_load_with_kaldiio_and_espnet(setup, tmp_path):
     assert "zero_length" in rejected["bad_empty"] and "non_finite" in rejected["bad_nan"]
     assert stats["utterances_in"] == N_GOOD + 4 == stats["written"] + stats["rejected"]
     assert stats["missing"] == 0
-    lv0 = stats["levels"][0]
-    assert lv0["codes"] == sum(len(v) // 7 for v in codes.values()) and 1 <= lv0["used"] <= 4096
+    # per level, the codes written: frame positions [0], [1, 4], [2, 3, 5, 6] (SNAC-24k layout)
+    frames = np.concatenate([v.reshape(-1, 7) for v in codes.values()])
+    for level, cols in enumerate(([0], [1, 4], [2, 3, 5, 6])):
+        counts = np.bincount(frames[:, cols].reshape(-1), minlength=4096)
+        p = counts[counts > 0] / counts.sum()
+        entry = stats["levels"][level]
+        assert entry["codes"] == counts.sum() == len(frames) * len(cols)
+        assert entry["used"] == int((counts > 0).sum())
+        assert entry["perplexity"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-6)
 
 
 def test_resume_skips_written_utterances(setup, tmp_path):

@@ -26,10 +26,9 @@ TRANSCRIPTS = {"a_real": "the birch canoe slid on the smooth planks", "b_exact":
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, one_thread):
     """A small random 24 kHz-layout model and a Kaldi data dir (wav.scp + text): two demo-corpus
     utterances, one of exactly 5 frames and one shorter than a frame."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("formats")
     torch.manual_seed(0)
     SNAC(**dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32)).eval().save_pretrained(root / "model")

@@ -99,19 +99,18 @@ def test_fp16_one_scaler_per_network_overflow_is_not_a_fault():
 
 
 # -------------------------------------------------------------------------------------------- non-finite
-def test_nonfinite_steps_skipped_then_training_stops_with_clipping_off():
+def test_consecutive_nonfinite_steps_stop_training():
+    """The streak: a good step resets it, the limit stops training. (That a non-finite step is skipped,
+    weights and optimizer states untouched, with clipping on and off: tests/reliability/test_numeric_faults.py.)"""
     from espnet_snac.train.nonfinite import NonFiniteTrainingError
 
     model = tiny_model()
     opts = optimizers(model)
     step = _step(model, opts, max_consecutive_nonfinite=2)
-    params = _flat(model.parameters())
     nan = torch.full((1, 2048), float("nan"))
     _, plain = step(nan)
     assert plain["nonfinite_steps"] == 2 and step.applied_steps == 0  # D and G skipped
-    assert torch.equal(_flat(model.parameters()), params)
-    assert all(len(o.state) == 0 for o in opts)  # no optimizer step happened
-    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())  # no gradient left for the next step
     step(speech_like())  # a good step resets the streaks
     assert step.applied_steps == 2
     step(nan)

@@ -166,6 +166,39 @@ def test_one_hour_file_is_prepared_in_bounded_memory(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["kept"] == 2
 
 
+def test_long_file_is_extracted_in_default_windows(small_model_dir, tmp_path, monkeypatch):
+    """CI's short version of the one-hour test below: a 61 s file through ``extract_tokens`` at its
+    default settings (30 s windows, 0.5 s context) reaches the encoder as three windows, none longer
+    than a window plus both contexts, and its codes equal those of the whole file encoded at once."""
+    import kaldiio
+
+    from espnet_snac.model import SNAC
+    from espnet_snac.tokens import batching
+
+    rate, seconds = 24000, 61.0
+    audio = synthetic_speech(rate, seconds)
+    sf.write(tmp_path / "long.wav", audio, rate, subtype="FLOAT")
+    (tmp_path / "wav.scp").write_text(f"long {tmp_path / 'long.wav'}\n")
+    encoded = []  # samples of each signal the encoder is given
+    real = batching.encode_exact
+
+    def spy(model, signals):
+        encoded.extend(int(x.shape[-1]) for x in signals)
+        return real(model, signals)
+
+    monkeypatch.setattr(batching, "encode_exact", spy)
+    assert extract_tokens.main(["--model", str(small_model_dir), "--wav_scp", str(tmp_path / "wav.scp"),
+                                "--output_dir", str(tmp_path / "tok"), "--num_workers", "0", "--no_progress"]) == 0
+    window = int(30 * rate) // 2048 * 2048
+    context = -(-rate // 2 // 2048) * 2048
+    assert len(encoded) == 3 and max(encoded) <= window + 2 * context, encoded
+    codes = np.asarray(kaldiio.load_scp(str(tmp_path / "tok" / "codes.scp"))["long"]).reshape(-1, 7)
+    assert len(codes) == -(-int(rate * seconds) // 2048)
+    model = SNAC.from_pretrained(small_model_dir).eval()
+    whole = batching.BatchEncoder(model, batch_size=1, window_seconds=0).encode([audio])[0]
+    assert np.array_equal(codes, whole)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("SNAC_SLOW_TESTS") != "1",
                     reason="encodes one hour of audio (minutes on CPU); set SNAC_SLOW_TESTS=1")

@@ -59,7 +59,10 @@ def test_truncated_checkpoint_is_refused_naming_the_file(small_model_dir, tmp_pa
 
 
 def test_pickle_with_code_is_never_executed(small_model_dir, tmp_path, capsys):
+    """Through the library and through the CLI (``encode`` loads the model before it reads anything
+    else, so the hostile file is really opened): refused naming the file, and the payload never runs."""
     marker = tmp_path / "code_ran"
+    sf.write(tmp_path / "in.wav", synthetic_speech(24000, 0.5), 24000)
     evil_state = {"encoder.block.0.weight": _RunsCode(marker)}
     official = _copy(small_model_dir, tmp_path / "official")
     torch.save(evil_state, official / "pytorch_model.bin")
@@ -74,9 +77,13 @@ def test_pickle_with_code_is_never_executed(small_model_dir, tmp_path, capsys):
         with pytest.raises(CheckpointError, match="cannot read weights safely") as info:
             SNAC.from_pretrained(model)
         assert str(model) in str(info.value) or str(model.parent) in str(info.value)
-        rc, err = _cli(["decode", tmp_path / "none.snac", tmp_path / "y.wav", "--model", model], capsys)
-        assert rc == 1
-    assert not marker.exists(), "unpickling a weight file ran code"
+        assert not marker.exists(), f"unpickling {model} ran code"
+        out = tmp_path / "x.snac"
+        rc, err = _cli(["encode", tmp_path / "in.wav", out, "--model", model, "--device", "cpu"], capsys)
+        assert rc == 1 and "cannot read weights safely" in err and "Traceback" not in err, err
+        assert str(model) in err or str(model.parent) in err, err
+        assert not out.exists()
+        assert not marker.exists(), f"the CLI ran code unpickling {model}"
 
 
 def test_every_torch_load_is_weights_only():
