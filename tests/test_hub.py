@@ -156,7 +156,22 @@ def test_init_param_helper_converts_repo_ids(tmp_path, model_dir, monkeypatch, o
         f"{out}:codec.generator:codec.generator"
 
 
-def test_cli_and_extract_tokens_accept_repo_ids(tmp_path, model_dir):
+def test_extract_tokens_and_tokenizer_accept_repo_ids(tmp_path, model_dir, monkeypatch, offline):
+    import huggingface_hub.constants as constants
+
+    from espnet_snac.bin.extract_tokens import _load_model
+    from espnet_snac.tokenizer import SNACTokenizer
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    build_cache(tmp_path / "hub", model_dir)
+    reference = SNAC.from_pretrained(model_dir)
+    assert same_weights(_load_model(REPO_ID, torch.device("cpu")), reference)
+    assert same_weights(SNACTokenizer(REPO_ID).codec, reference)
+    with pytest.raises(SystemExit, match="hf download nobody/absent"):
+        _load_model("nobody/absent", torch.device("cpu"))
+
+
+def test_cli_accepts_repo_ids(tmp_path, model_dir):
     """The console entry point in a fresh process: HF_HUB_CACHE + HF_HUB_OFFLINE from the environment."""
     import numpy as np
     import soundfile as sf
