@@ -182,9 +182,9 @@ def test_long_file_is_extracted_in_default_windows(small_model_dir, tmp_path, mo
     encoded = []  # samples of each signal the encoder is given
     real = batching.encode_exact
 
-    def spy(model, signals):
+    def spy(model, signals, *args, **kwargs):
         encoded.extend(int(x.shape[-1]) for x in signals)
-        return real(model, signals)
+        return real(model, signals, *args, **kwargs)
 
     monkeypatch.setattr(batching, "encode_exact", spy)
     assert extract_tokens.main(["--model", str(small_model_dir), "--wav_scp", str(tmp_path / "wav.scp"),
