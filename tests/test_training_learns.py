@@ -10,7 +10,7 @@ from typing import Dict, Tuple
 from speech_samples import DEMO_CORPUS, REPO
 
 TINY = REPO / "conf" / "tuning" / "train_snac24k_tiny.yaml"
-ITERATIONS = 50  # batch 8 x 4096 samples; ~0.5 s each on one core
+ITERATIONS = 50  # batch 8 x 4096 samples; the test takes ~30 s on one core
 SEED = 0
 TRAIN_UTTS, HELD_OUT_UTTS = 16, 3
 # Margins from measured runs (this setup: 16 training, 3 held-out demo utterances, 50 iterations):
