@@ -1,0 +1,1 @@
+"""Using a trained SNAC: streaming decoder, code files, tokenizer API, ONNX export."""

@@ -1,0 +1,1 @@
+"""Files: audio reading and writing, Kaldi scp files, atomic writes that follow the umask."""

@@ -1,0 +1,1 @@
+"""The ESPnet GAN codec ``snac``: training objective, losses, config checks, codebook health."""

@@ -1,0 +1,1 @@
+"""Objective metrics, reference points and ViSQOL for decoded speech."""
