@@ -39,10 +39,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from espnet_snac import kernels  # noqa: E402
-from espnet_snac.audio_io import load_mono, to_mono  # noqa: E402
-from espnet_snac.model import SNAC, SNAC_24KHZ  # noqa: E402
-from espnet_snac.scp import load_scp_audio, read_scp  # noqa: E402
+from espnet_snac.model import kernels  # noqa: E402
+from espnet_snac.io.audio_io import load_mono, to_mono  # noqa: E402
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ  # noqa: E402
+from espnet_snac.io.scp import load_scp_audio, read_scp  # noqa: E402
 from espnet_snac.tokens.batching import default_rows_per_call, encode_exact, exact_cuda_math  # noqa: E402
 
 RATE = 24000
@@ -222,7 +222,7 @@ def main() -> None:
     print(f"device {device} ({where}), torch {torch.__version__}, snac {getattr(official_pkg, '__version__', '?')}")
     if device.type == "cpu":
         exact = "on" if kernels.status() == "on" and kernels.exact_snake.available() else "off"
-        print(f"fused kernels (espnet_snac.kernels): {kernels.status()}; encoder Snake exact kernel: {exact}")
+        print(f"fused kernels (espnet_snac.model.kernels): {kernels.status()}; encoder Snake exact kernel: {exact}")
     joined = f", joined into files of >= {args.join_seconds:g} s" if args.join_seconds > 0 else ""
     print(f"audio: {len(audios)} utterances, {seconds:.1f} s ({args.wav_scp or 'local/demo_corpus'}{joined}); "
           f"ours batch_size {args.batch_size}; {args.repeats} alternating repeats, median")

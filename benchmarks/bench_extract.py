@@ -36,9 +36,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from espnet_snac.audio_io import load_mono  # noqa: E402
-from espnet_snac.frames import codes_to_frames  # noqa: E402
-from espnet_snac.model import SNAC, SNAC_24KHZ  # noqa: E402
+from espnet_snac.io.audio_io import load_mono  # noqa: E402
+from espnet_snac.model.frames import codes_to_frames  # noqa: E402
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ  # noqa: E402
 from espnet_snac.tokens.batching import BatchEncoder, exact_cuda_math  # noqa: E402
 
 

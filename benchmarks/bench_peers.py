@@ -46,8 +46,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_codec import RATE, join_utterances, load_audio, official_decode, official_encode  # noqa: E402
 
-from espnet_snac.model import SNAC, SNAC_24KHZ  # noqa: E402
-from espnet_snac.onnx_export import OnnxSNAC, export_onnx, fold_weight_norm  # noqa: E402
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ  # noqa: E402
+from espnet_snac.inference.onnx_export import OnnxSNAC, export_onnx, fold_weight_norm  # noqa: E402
 
 Codes = List[List[np.ndarray]]  # per utterance, per level (T_l,)
 

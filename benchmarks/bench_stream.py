@@ -6,7 +6,7 @@ Model: the official 24 kHz architecture with random weights (seed 0; no download
 corpus (``local/demo_corpus/test``), resampled to 24 kHz, encoded to codes; each utterance is cut to
 ``--seconds``. Frames (7 codes, 2048 samples = 85.3 ms) arrive one at a time. Rows:
 
-- ``stream, lookahead L``: :class:`espnet_snac.streaming.StreamingDecoder` for L = 0 .. exact;
+- ``stream, lookahead L``: :class:`espnet_snac.inference.streaming.StreamingDecoder` for L = 0 .. exact;
 - ``Orpheus 4-frame window``: on every frame, decode the last 4 frames and keep samples 2048-4096
   (the second frame), as Orpheus-TTS does; it holds back 2 frames, so it sits next to L = 2;
 - ``full decode (reference)``: ``SNAC.decode`` of the whole utterance, its cost spread over the frames.
@@ -32,10 +32,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from espnet_snac.audio_io import load_mono  # noqa: E402
-from espnet_snac.frames import codes_to_frames, frames_to_codes  # noqa: E402
-from espnet_snac.model import SNAC, SNAC_24KHZ  # noqa: E402
-from espnet_snac.streaming import StreamingDecoder  # noqa: E402
+from espnet_snac.io.audio_io import load_mono  # noqa: E402
+from espnet_snac.model.frames import codes_to_frames, frames_to_codes  # noqa: E402
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ  # noqa: E402
+from espnet_snac.inference.streaming import StreamingDecoder  # noqa: E402
 
 FRAME = 2048  # samples per frame at 24 kHz
 

@@ -35,7 +35,7 @@ register()
 from espnet2.gan_codec.espnet_model import ESPnetGANCodecModel  # noqa: E402
 from espnet2.tasks.abs_task import optim_classes, scheduler_classes  # noqa: E402
 
-from espnet_snac.codec import SNACCodec  # noqa: E402
+from espnet_snac.objective.codec import SNACCodec  # noqa: E402
 from espnet_snac.train.step import GANStep, StepConfig  # noqa: E402
 
 

@@ -44,7 +44,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from espnet_snac.atomic_files import atomic_write_text  # noqa: E402
+from espnet_snac.io.atomic_files import atomic_write_text  # noqa: E402
 
 BENCH = REPO / "benchmarks"
 PAPER_CONFIG = REPO / "conf" / "train_snac24k.yaml"

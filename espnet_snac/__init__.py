@@ -11,11 +11,11 @@ __all__ = ["SNAC", "SNAC_24KHZ", "SNAC_32KHZ", "SNAC_44KHZ", "SNACTokenizer"]
 _register_when_imported()
 
 _LAZY = {
-    "SNAC": "espnet_snac.model",
-    "SNAC_24KHZ": "espnet_snac.configs",
-    "SNAC_32KHZ": "espnet_snac.configs",
-    "SNAC_44KHZ": "espnet_snac.configs",
-    "SNACTokenizer": "espnet_snac.tokenizer",
+    "SNAC": "espnet_snac.model.snac",
+    "SNAC_24KHZ": "espnet_snac.model.configs",
+    "SNAC_32KHZ": "espnet_snac.model.configs",
+    "SNAC_44KHZ": "espnet_snac.model.configs",
+    "SNACTokenizer": "espnet_snac.inference.tokenizer",
 }
 
 

@@ -50,8 +50,8 @@ def _pick_device(name: str):
 
 def load_model(spec: str, device):
     """``SNAC.from_pretrained`` on an experiment dir/.pth, a packed .zip or an official-format dir."""
-    from espnet_snac.checkpoints import CheckpointError
-    from espnet_snac.model import SNAC
+    from espnet_snac.model.checkpoints import CheckpointError
+    from espnet_snac.model.snac import SNAC
 
     try:
         model = SNAC.from_pretrained(spec, map_location="cpu")
@@ -93,7 +93,7 @@ def _report_rates(model, input_rate: int, input_channels: int, seconds_audio: fl
 # ---------------------------------------------------------------------------------------- audio
 def _read_input(path: str, model_rate: int, quiet: bool) -> Tuple["object", int, int, int]:
     """Read, downmix and resample to the model rate. Returns ``(mono (T,), in_rate, in_channels, in_length)``."""
-    from espnet_snac.audio_io import AudioError, read_audio, resample, to_mono
+    from espnet_snac.io.audio_io import AudioError, read_audio, resample, to_mono
 
     try:
         data, rate = read_audio(path)
@@ -120,7 +120,7 @@ def _write_output(path: str, audio, model_rate: int, target_length: int, input_r
     import numpy as np
     import soundfile as sf
 
-    from espnet_snac.audio_io import resample
+    from espnet_snac.io.audio_io import resample
 
     audio = np.asarray(audio, dtype=np.float32)
     if output_rate == "input" and input_rate != model_rate:
@@ -173,8 +173,8 @@ def _stream_codes(model, codes, length: int, device, seed: Optional[int], noise:
     """Decode with :class:`StreamingDecoder`, pushing ``chunk_frames`` coarse frames at a time."""
     import torch
 
-    from espnet_snac.frames import codes_to_frames
-    from espnet_snac.streaming import StreamingDecoder
+    from espnet_snac.model.frames import codes_to_frames
+    from espnet_snac.inference.streaming import StreamingDecoder
 
     frames = codes_to_frames([c.to(device) for c in codes])
     try:
@@ -203,7 +203,7 @@ def _stream_codes(model, codes, length: int, device, seed: Optional[int], noise:
 
 
 def cmd_encode(args) -> dict:
-    from espnet_snac import codefile
+    from espnet_snac.inference import codefile
 
     device = _pick_device(args.device)
     model = load_model(args.model, device)
@@ -234,7 +234,7 @@ def _check_compatible(cf, model, path: str) -> None:
 def cmd_decode(args) -> dict:
     import torch
 
-    from espnet_snac import codefile
+    from espnet_snac.inference import codefile
 
     try:
         cf = codefile.read(args.input)
@@ -275,8 +275,8 @@ def _refuse_overwrite(directory: Path, names: Sequence[str], force: bool) -> Non
 def cmd_convert(args) -> dict:
     import yaml
 
-    from espnet_snac.atomic_files import atomic_torch_save, atomic_write_text
-    from espnet_snac.checkpoints import ESPNET_GENERATOR_PREFIX
+    from espnet_snac.io.atomic_files import atomic_torch_save, atomic_write_text
+    from espnet_snac.model.checkpoints import ESPNET_GENERATOR_PREFIX
 
     src, dst = Path(args.src), Path(args.dst)
     to = args.to
@@ -325,7 +325,7 @@ def cmd_export(args) -> dict:
     import numpy as np
     import torch
 
-    from espnet_snac.onnx_export import OnnxSNAC, export_onnx
+    from espnet_snac.inference.onnx_export import OnnxSNAC, export_onnx
 
     model = load_model(args.model, _pick_device("cpu"))
     out = Path(args.out_dir)

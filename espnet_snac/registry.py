@@ -28,8 +28,8 @@ def register() -> None:
     from espnet2.schedulers.abs_scheduler import AbsBatchStepScheduler
     from espnet2.tasks import abs_task, gan_codec
 
-    from espnet_snac.codec import SNACCodec
-    from espnet_snac.schedulers import ExponentialDecayLR
+    from espnet_snac.objective.codec import SNACCodec
+    from espnet_snac.train.schedulers import ExponentialDecayLR
 
     gan_codec.codec_choices.classes[CODEC_NAME] = SNACCodec
     AbsBatchStepScheduler.register(ExponentialDecayLR)

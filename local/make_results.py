@@ -10,7 +10,7 @@ With ``--untrained NAME=WAV_SCP`` it also scores, on the same sets, the model th
 ``config.yaml`` builds before any training step (same config and seed, as training starts; decoded in
 eval mode with decoder-noise seed 0) and writes it as a second table: what training added. With
 ``--anchors NAME=WAV_SCP`` a third table scores the set's own speech degraded in known ways
-(``espnet_snac.anchors``: white noise at 20 and 10 dB SNR, a 2 kHz low-pass, random phase), so the
+(``espnet_snac.scoring.anchors``: white noise at 20 and 10 dB SNR, a 2 kHz low-pass, random phase), so the
 numbers above have reference points.
 
 Usage:
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from espnet_snac.atomic_files import atomic_write_text
+from espnet_snac.io.atomic_files import atomic_write_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,7 +42,7 @@ METRICS: List[Tuple[str, str, str]] = [
     ("si_snr", "SI-SNR (dB) ↑", "{:.2f}"),
     ("pesq_wb", "PESQ-WB ↑", "{:.3f}"),
     ("stoi", "STOI ↑", "{:.3f}"),
-    # MOS-LQO, audio mode at 48 kHz (espnet_snac.visqol_metric); scored sets only, n/a without visqol-python
+    # MOS-LQO, audio mode at 48 kHz (espnet_snac.scoring.visqol_metric); scored sets only, n/a without visqol-python
     ("visqol", "ViSQOL ↑", "{:.2f}"),
 ]
 
@@ -54,7 +54,7 @@ def codec_meta(model_file: Path) -> Dict:
     frame (``hop_length * max(vq_strides)`` samples, 2048 at 24 kHz) holds
     ``sum(max_stride / stride)`` codes (7 for strides [4, 2, 1]).
     """
-    from espnet_snac.model import SNAC  # light import: no ESPnet task machinery
+    from espnet_snac.model.snac import SNAC  # light import: no ESPnet task machinery
 
     model = SNAC.from_pretrained(str(model_file))
     strides = list(model.vq_strides)
@@ -80,7 +80,7 @@ def codebook_use(decode_dir: Path, codebook_size: int):
     (``decode_dir/codec.scp``: ``(7, 1, frames)`` npy per utterance); ``None`` without codes."""
     import numpy as np
 
-    from espnet_snac.scp import read_scp
+    from espnet_snac.io.scp import read_scp
     from espnet_snac.tokens.stats import CodebookStats, collapse_verdict
 
     scp = decode_dir / "codec.scp"
@@ -108,7 +108,7 @@ def score_untrained(config: Path, sets: Mapping[str, Mapping[str, "np.ndarray"]]
     utterances (mono at the model rate)."""
     import torch
 
-    from espnet_snac.metrics import mean_scores
+    from espnet_snac.scoring.metrics import mean_scores
     from espnet_snac.train.curve import NOISE_SEED, build_training
 
     training = build_training(config)  # seeds and builds exactly as the training run started
@@ -216,7 +216,7 @@ def render(
         lines += _metric_table(["set", "utts", "failed"], "|---|---:|---:|",
                                [([name, str(r["num_utts"]), str(r["num_failed"])], r) for name, r in untrained.items()])
     if anchors:
-        from espnet_snac.anchors import ANCHORS
+        from espnet_snac.scoring.anchors import ANCHORS
 
         lines += [
             "",
@@ -270,7 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not path.exists():
             print(f"make_results: {path} not found (run stages 4 and 5 first)", file=sys.stderr)
             return 1
-    from espnet_snac.anchors import score_anchors
+    from espnet_snac.scoring.anchors import score_anchors
 
     meta = codec_meta(args.model_file)
     audio: Dict[Path, Dict] = {}

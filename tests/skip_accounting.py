@@ -31,7 +31,7 @@ def _module(name: str) -> Callable[[], bool]:
 
 
 def _c_compiler() -> bool:
-    from espnet_snac import kernels
+    from espnet_snac.model import kernels
 
     return kernels.compiler() is not None
 

@@ -76,7 +76,7 @@ def speech(sample_rate: int, seconds: float = 3.0, index: int = 0) -> np.ndarray
     """Mono speech at ``sample_rate``: demo corpus utterance ``index`` if present, else synthetic."""
     files = demo_files()
     if files:
-        from espnet_snac.audio_io import load_mono
+        from espnet_snac.io.audio_io import load_mono
 
         x, _ = load_mono(files[index % len(files)], sample_rate)
         n = int(seconds * sample_rate)
@@ -86,7 +86,7 @@ def speech(sample_rate: int, seconds: float = 3.0, index: int = 0) -> np.ndarray
 
 def load_speech(sample_rate: int, n: int = 3, split: str = "test") -> List[np.ndarray]:
     """``n`` utterances of real speech (mixed lengths) from the demo corpus at ``sample_rate``."""
-    from espnet_snac.audio_io import load_mono
+    from espnet_snac.io.audio_io import load_mono
 
     files = sorted((DEMO_CORPUS / split).glob("*.flac"))
     if len(files) < n:

@@ -1,4 +1,4 @@
-"""Reference points for the metrics (espnet_snac.anchors): each degradation does what it says, and
+"""Reference points for the metrics (espnet_snac.scoring.anchors): each degradation does what it says, and
 the scores order as the degradations do."""
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from espnet_snac.anchors import ANCHORS, degrade, score_anchors
+from espnet_snac.scoring.anchors import ANCHORS, degrade, score_anchors
 from speech_samples import demo_files, synthetic_speech
 
 RATE = 24000
 
 
 def _speech(seconds: float = 2.5) -> np.ndarray:
-    from espnet_snac.audio_io import load_mono
+    from espnet_snac.io.audio_io import load_mono
 
     files = demo_files()
     if files:

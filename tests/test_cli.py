@@ -11,9 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from espnet_snac import cli, codefile
-from espnet_snac.audio_io import resample
-from espnet_snac.model import SNAC
+from espnet_snac import cli
+from espnet_snac.inference import codefile
+from espnet_snac.io.audio_io import resample
+from espnet_snac.model.snac import SNAC
 from speech_samples import speech
 
 pytestmark = pytest.mark.usefixtures("one_thread")

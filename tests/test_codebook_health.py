@@ -8,9 +8,9 @@ import torch
 import yaml
 from torch import nn
 
-from espnet_snac.quantizer import ResidualVectorQuantize
-from espnet_snac.train.codebook_health import CodebookHealth
-from espnet_snac.train.dead_codes import DeadCodeRestart
+from espnet_snac.model.quantizer import ResidualVectorQuantize
+from espnet_snac.objective.codebook_health import CodebookHealth
+from espnet_snac.objective.dead_codes import DeadCodeRestart
 from speech_samples import CONF
 
 K = 16
@@ -144,7 +144,7 @@ def tiny_conf():
 
 
 def test_codec_hooks_report_window_validation_and_restart(tiny_conf):
-    from espnet_snac.codec import SNACCodec
+    from espnet_snac.objective.codec import SNACCodec
 
     torch.manual_seed(0)
     conf = dict(tiny_conf, health_window=2, dead_code_restart=True, dead_code_after=2,

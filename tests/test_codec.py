@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import espnet_snac  # noqa: F401  (registers snac)
-from espnet_snac.frames import FRAME_ORDER, codes_to_frames, frame_order, frames_to_codes
+from espnet_snac.model.frames import FRAME_ORDER, codes_to_frames, frame_order, frames_to_codes
 from speech_samples import REPO
 
 
 @pytest.fixture(scope="module")
 def codec():
-    from espnet_snac.codec import SNACCodec
+    from espnet_snac.objective.codec import SNACCodec
 
     torch.manual_seed(0)
     return SNACCodec(lambda_stft=1.0, lambda_wave=1.0)
@@ -85,7 +85,7 @@ def test_discriminator_and_generator_steps(codec):
 
 
 def test_loss_weights_switch_terms_off():
-    from espnet_snac.codec import SNACCodec
+    from espnet_snac.objective.codec import SNACCodec
 
     codec = SNACCodec(
         generator_params=dict(encoder_dim=4, decoder_dim=32),
@@ -99,7 +99,7 @@ def test_loss_weights_switch_terms_off():
 
 
 def test_quantizer_losses_match_definition():
-    from espnet_snac.quantizer import VectorQuantize
+    from espnet_snac.model.quantizer import VectorQuantize
 
     torch.manual_seed(0)
     vq = VectorQuantize(16, 32, 4, stride=2)
@@ -117,7 +117,7 @@ def test_registration_is_idempotent_and_reaches_schedulers():
     from espnet2.tasks import abs_task
     from espnet2.tasks.gan_codec import codec_choices
 
-    from espnet_snac.codec import SNACCodec
+    from espnet_snac.objective.codec import SNACCodec
     from espnet_snac.registry import register
 
     register()
@@ -130,7 +130,7 @@ def test_exponential_decay_steps_per_iteration():
     from espnet2.schedulers.abs_scheduler import AbsBatchStepScheduler, AbsEpochStepScheduler
 
     from espnet_snac.registry import register
-    from espnet_snac.schedulers import ExponentialDecayLR
+    from espnet_snac.train.schedulers import ExponentialDecayLR
 
     register()
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=6e-4)

@@ -1,11 +1,11 @@
-"""The compact .snac code file (espnet_snac.codefile)."""
+"""The compact .snac code file (espnet_snac.inference.codefile)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from espnet_snac import codefile
-from espnet_snac.codefile import CodeFile, CodeFileError
+from espnet_snac.inference import codefile
+from espnet_snac.inference.codefile import CodeFile, CodeFileError
 
 
 def make_codes(num_frames: int = 13, strides=(4, 2, 1), codebook_size: int = 4096, seed: int = 0) -> CodeFile:

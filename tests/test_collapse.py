@@ -95,7 +95,7 @@ def test_results_md_carries_the_box(tmp_path):
 
 
 def test_trainer_window_warns_when_a_level_is_low(caplog):
-    from espnet_snac.train.codebook_health import CodebookHealth
+    from espnet_snac.objective.codebook_health import CodebookHealth
 
     health = CodebookHealth(3, 4096, window=2)
     books = [torch.nn.Embedding(4096, 8)]

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from espnet_snac.frames import codes_to_frames
-from espnet_snac.model import SNAC, SNAC_24KHZ
+from espnet_snac.model.frames import codes_to_frames
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ
 from espnet_snac.tokens.batching import BatchEncoder, exact_cuda_math
 from speech_samples import demo_files
 
@@ -44,7 +44,7 @@ def model_gpu(model_cpu) -> SNAC:
 
 @pytest.fixture(scope="module")
 def speech() -> list:
-    from espnet_snac.audio_io import load_mono
+    from espnet_snac.io.audio_io import load_mono
 
     files = demo_files()[:24]
     if len(files) < 24:
@@ -116,7 +116,7 @@ def test_bf16_gan_step_on_cuda_is_finite():
 
 
 def test_streaming_decoder_on_cuda_equals_full_decode(model_gpu, speech):
-    from espnet_snac.streaming import StreamingDecoder
+    from espnet_snac.inference.streaming import StreamingDecoder
 
     # IEEE fp32 on both sides: what is compared is the streaming algorithm, not TF32 rounding
     with torch.inference_mode(), exact_cuda_math(torch.device("cuda")):

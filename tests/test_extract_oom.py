@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from espnet_snac.bin import extract_tokens
-from espnet_snac.model import SNAC, SNAC_24KHZ
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ
 from espnet_snac.tokens import batching
 from speech_samples import demo_files
 
@@ -153,7 +153,7 @@ def test_exact_batching_on_cuda_turns_tf32_and_autotuning_off_and_restores_them(
 def test_tokenizer_encodes_whole_batches_under_the_same_exact_math(monkeypatch):
     """``SNACTokenizer.encode(wavs)`` and ``encode(wavs, lengths)`` must agree on CUDA too: the plain
     path runs under the exact path's settings."""
-    from espnet_snac import tokenizer as tok
+    from espnet_snac.inference import tokenizer as tok
 
     calls = []
 

@@ -1,4 +1,4 @@
-"""Inference fast paths (espnet_snac.fast): codes identical to the official package, decoded audio
+"""Inference fast paths (espnet_snac.model.fast): codes identical to the official package, decoded audio
 within 1e-4 of the plain path under one noise seed, batch 1 and 8, 24 and 32 kHz architectures;
 training and autograd keep the plain path."""
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from espnet_snac import fast
-from espnet_snac.layers import Snake1d
-from espnet_snac.model import SNAC, SNAC_24KHZ, SNAC_32KHZ
+from espnet_snac.model import fast
+from espnet_snac.model.layers import Snake1d
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ, SNAC_32KHZ
 from espnet_snac.tokens.batching import encode_exact
 from speech_samples import demo_files, synthetic_speech
 
@@ -23,7 +23,7 @@ CONFIGS = {"24k": SNAC_24KHZ, "32k": SMALL_32KHZ}
 
 def _speech(rate: int, n: int, seconds: float) -> List[np.ndarray]:
     """``n`` crops of real speech (demo corpus; synthetic speech without it), mixed lengths."""
-    from espnet_snac.audio_io import load_mono
+    from espnet_snac.io.audio_io import load_mono
 
     files = demo_files()
     out = []

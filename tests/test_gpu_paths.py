@@ -95,7 +95,7 @@ def _model_of(config):
     import yaml
     from espnet2.gan_codec.espnet_model import ESPnetGANCodecModel
 
-    from espnet_snac.codec import SNACCodec
+    from espnet_snac.objective.codec import SNACCodec
 
     torch.manual_seed(0)
     return ESPnetGANCodecModel(SNACCodec(**yaml.safe_load(config.read_text())["codec_conf"]))
@@ -204,7 +204,7 @@ class _DeviceTensor(torch.Tensor):
 
 @pytest.mark.parametrize("name", ["mel_distance", "stft_distance", "si_snr"])
 def test_metrics_accept_device_tensors(name):
-    from espnet_snac import metrics
+    from espnet_snac.scoring import metrics
 
     rng = np.random.default_rng(0)
     ref = torch.from_numpy(rng.standard_normal(4800).astype(np.float32) * 0.1)

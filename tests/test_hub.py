@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from espnet_snac import hub
-from espnet_snac.checkpoints import CheckpointError, espnet_init_param
-from espnet_snac.model import SNAC
+from espnet_snac.model import hub
+from espnet_snac.model.checkpoints import CheckpointError, espnet_init_param
+from espnet_snac.model.snac import SNAC
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +160,7 @@ def test_extract_tokens_and_tokenizer_accept_repo_ids(tmp_path, model_dir, monke
     import huggingface_hub.constants as constants
 
     from espnet_snac.bin.extract_tokens import _load_model
-    from espnet_snac.tokenizer import SNACTokenizer
+    from espnet_snac.inference.tokenizer import SNACTokenizer
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     build_cache(tmp_path / "hub", model_dir)

@@ -1,4 +1,4 @@
-"""Fused CPU kernels (espnet_snac.kernels): parity with the torch ops of the fast path (bit for bit
+"""Fused CPU kernels (espnet_snac.model.kernels): parity with the torch ops of the fast path (bit for bit
 for the encoder's), the decoder with and without them, the build cache, and the fallback without a
 compiler."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from espnet_snac import fast, kernels
-from espnet_snac.model import SNAC, SNAC_24KHZ
+from espnet_snac.model import fast, kernels
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ
 
 needs_compiler = pytest.mark.skipif(kernels.compiler() is None, reason="no C compiler on this machine")
 

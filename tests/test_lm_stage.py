@@ -48,7 +48,7 @@ def _make_codec_experiment(exp: Path, tmp: Path) -> None:
     import yaml
 
     from espnet_snac.cli import main as cli_main
-    from espnet_snac.model import SNAC
+    from espnet_snac.model.snac import SNAC
 
     params = yaml.safe_load(SNAC_CONFIG.read_text())["codec_conf"]["generator_params"]
     torch.manual_seed(0)

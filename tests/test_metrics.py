@@ -1,4 +1,4 @@
-"""Metrics (espnet_snac.metrics) and the scoring script (espnet_snac.bin.score)."""
+"""Metrics (espnet_snac.scoring.metrics) and the scoring script (espnet_snac.bin.score)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from scipy.signal import butter, sosfiltfilt
 
-from espnet_snac import metrics
+from espnet_snac.scoring import metrics
 from espnet_snac.bin import score
 from speech_samples import speech
 
@@ -126,7 +126,7 @@ def scoring_setup(tmp_path_factory, clean):
     with kaldiio.WriteHelper(f"ark,scp:{d / 'hyp.ark'},{d / 'hyp_ark.scp'}") as writer:
         writer["utt_same"] = (SR, (np.clip(clean, -1, 1) * 32767).astype(np.int16))
     hyp_lines.append((d / "hyp_ark.scp").read_text().strip())
-    from espnet_snac.audio_io import resample
+    from espnet_snac.io.audio_io import resample
 
     noisy24 = np.concatenate([resample(utts["utt_noisy"][1], SR, 24000), np.zeros(480, np.float32)])
     sf.write(d / "utt_noisy_hyp.wav", noisy24, 24000)
@@ -226,7 +226,7 @@ def test_malformed_scp_is_refused(tmp_path, capsys):
 
 def test_mel_distance_equals_the_training_mel_loss(clean):
     # the score is comparable with the (unweighted) mel_loss logged during training
-    from espnet_snac.losses import MultiScaleMelLoss
+    from espnet_snac.objective.losses import MultiScaleMelLoss
 
     noisy = add_noise(clean, 20.0, seed=5)
     loss = MultiScaleMelLoss(sampling_rate=SR)(torch.from_numpy(noisy).view(1, 1, -1),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from espnet_snac import SNAC, SNAC_24KHZ, SNAC_32KHZ
-from espnet_snac.checkpoints import CheckpointError
+from espnet_snac.model.checkpoints import CheckpointError
 from speech_samples import load_speech
 
 
@@ -95,7 +95,7 @@ def test_decode_trim_and_noise_control(speech24k):
     assert torch.equal(quiet1, quiet2)
     assert hat.shape == x.shape
     # Defaults draw from the global RNG like the official model, and restore the blocks afterwards.
-    from espnet_snac.layers import NoiseBlock
+    from espnet_snac.model.layers import NoiseBlock
 
     blocks = [m for m in model.decoder.modules() if isinstance(m, NoiseBlock)]
     assert blocks and all(m.seed is None and m.enabled for m in blocks)

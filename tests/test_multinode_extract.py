@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from espnet_snac.bin.extract_tokens import main
-from espnet_snac.model import SNAC, SNAC_24KHZ
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ
 from speech_samples import demo_files
 
 REPO = Path(__file__).resolve().parents[1]

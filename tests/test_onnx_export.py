@@ -1,4 +1,4 @@
-"""ONNX export (espnet_snac.onnx_export, ``espnet-snac export``) run with ONNX Runtime.
+"""ONNX export (espnet_snac.inference.onnx_export, ``espnet-snac export``) run with ONNX Runtime.
 
 Narrow random models: the 24 kHz release topology (strides 2/4/8/8, levels 4/2/1); a 32 kHz model with
 windowed attention and levels 8/4/2/1, two encoder blocks in CI (the release's four with
@@ -19,8 +19,8 @@ pytest.importorskip("onnxscript")
 snac = pytest.importorskip("snac")
 
 from espnet_snac import cli  # noqa: E402
-from espnet_snac.model import SNAC  # noqa: E402
-from espnet_snac.onnx_export import OnnxSNAC, OnnxStreamingDecoder, export_onnx, fold_weight_norm  # noqa: E402
+from espnet_snac.model.snac import SNAC  # noqa: E402
+from espnet_snac.inference.onnx_export import OnnxSNAC, OnnxStreamingDecoder, export_onnx, fold_weight_norm  # noqa: E402
 from speech_samples import load_speech  # noqa: E402
 
 torch.set_num_threads(1)

@@ -194,8 +194,8 @@ def test_stage6_tokens_decode_back_to_audio(recipe):
     import kaldiio
     import torch
 
-    from espnet_snac.frames import frames_to_codes
-    from espnet_snac.model import SNAC
+    from espnet_snac.model.frames import frames_to_codes
+    from espnet_snac.model.snac import SNAC
 
     model = SNAC.from_pretrained(str(recipe["exp"] / "latest.pth"))
     for part, count in SUBSET.items():
@@ -225,7 +225,7 @@ def test_stage7_packed_model_loads_in_official_package(recipe):
     import torch
 
     snac = pytest.importorskip("snac")
-    from espnet_snac.model import SNAC
+    from espnet_snac.model.snac import SNAC
 
     packed = recipe["exp"] / "packed"
     with zipfile.ZipFile(packed / "model.zip") as zf:

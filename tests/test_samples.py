@@ -16,7 +16,7 @@ from speech_samples import CONF
 
 @pytest.fixture(scope="module")
 def codec():
-    from espnet_snac.codec import SNACCodec
+    from espnet_snac.objective.codec import SNACCodec
 
     torch.manual_seed(0)
     conf = yaml.safe_load((CONF / "tuning" / "train_snac24k_tiny.yaml").read_text())["codec_conf"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from espnet_snac.scp import ScpError, read_scp, read_segments
+from espnet_snac.io.scp import ScpError, read_scp, read_segments
 
 
 def test_read_segments_keeps_order_and_values(tmp_path):

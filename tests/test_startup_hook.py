@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from espnet_snac import cli
-from espnet_snac.model import SNAC
+from espnet_snac.model.snac import SNAC
 from speech_samples import synthetic_speech
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ TINY = dict(sampling_rate=24000, encoder_dim=4, encoder_rates=[2, 4, 8, 8], deco
 # Runs in a fresh interpreter of the throwaway environment: what start-up loaded, then stock modules.
 SCRIPT = r"""
 import json, runpy, sys
-report = {"at_startup": sorted(m for m in ("torch", "espnet2", "espnet_snac.codec") if m in sys.modules),
+report = {"at_startup": sorted(m for m in ("torch", "espnet2", "espnet_snac.objective.codec") if m in sys.modules),
           "hooks": [type(f).__name__ for f in sys.meta_path if type(f).__name__ == "_RegisterAfterImport"]}
 for argv in json.loads(sys.argv[1]):
     sys.argv = list(argv)
@@ -165,7 +165,7 @@ def test_installed_wheel_lets_stock_espnet_tools_use_snac_and_uninstall_removes_
     report = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("REPORT "))[7:])
     assert report["at_startup"] == []  # start-up imported neither torch nor espnet2 (nor the codec)
     assert report["hooks"] == ["_RegisterAfterImport"]
-    assert report["codec"] == "espnet_snac.codec"
+    assert report["codec"] == "espnet_snac.objective.codec"
     assert Path(report["package"]).is_relative_to(venv / SITE)  # the installed copy, not the sources
 
     codes = np.load(tmp_path / "decode" / "codec" / "utt1.npy")

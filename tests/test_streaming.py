@@ -1,4 +1,4 @@
-"""Streaming decoding (espnet_snac.streaming) against the full decode, and noise drawn by position."""
+"""Streaming decoding (espnet_snac.inference.streaming) against the full decode, and noise drawn by position."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,10 +7,10 @@ import soundfile as sf
 import torch
 
 from espnet_snac import cli
-from espnet_snac.frames import codes_to_frames
-from espnet_snac.layers import NoiseBlock, positional_noise
-from espnet_snac.model import SNAC, SNAC_24KHZ, SNAC_32KHZ
-from espnet_snac.streaming import StreamingDecoder, receptive_field
+from espnet_snac.model.frames import codes_to_frames
+from espnet_snac.model.layers import NoiseBlock, positional_noise
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ, SNAC_32KHZ
+from espnet_snac.inference.streaming import StreamingDecoder, receptive_field
 from speech_samples import load_speech
 
 pytestmark = pytest.mark.usefixtures("one_thread")

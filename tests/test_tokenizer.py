@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from espnet_snac.frames import codes_to_frames
-from espnet_snac.model import SNAC, SNAC_24KHZ
-from espnet_snac.tokenizer import SNACTokenizer
+from espnet_snac.model.frames import codes_to_frames
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ
+from espnet_snac.inference.tokenizer import SNACTokenizer
 from espnet_snac.tokens.layout import frames_to_flat
 from speech_samples import synthetic_speech
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from espnet_snac.audio_io import load_mono
-from espnet_snac.frames import codes_to_frames
-from espnet_snac.model import SNAC, SNAC_24KHZ
+from espnet_snac.io.audio_io import load_mono
+from espnet_snac.model.frames import codes_to_frames
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ
 from espnet_snac.tokens.batching import BatchEncoder, encode_exact
 from speech_samples import demo_files, synthetic_speech
 

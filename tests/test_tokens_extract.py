@@ -13,10 +13,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from espnet_snac.audio_io import load_mono, resample
+from espnet_snac.io.audio_io import load_mono, resample
 from espnet_snac.bin.extract_tokens import main
-from espnet_snac.frames import codes_to_frames, frames_to_codes
-from espnet_snac.model import SNAC, SNAC_24KHZ
+from espnet_snac.model.frames import codes_to_frames, frames_to_codes
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ
 from espnet_snac.tokens.bpe import UnitBPE
 from espnet_snac.tokens.layout import flat_to_frames, frames_to_flat
 from speech_samples import demo_files, synthetic_speech

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 from espnet_snac.bin.extract_tokens import main
-from espnet_snac.model import SNAC, SNAC_24KHZ
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ
 from espnet_snac.tokens.layout import frames_to_flat
 from espnet_snac.tokens.merge import merge_shards
 from espnet_snac.tokens.shards import ShardWriter, shard_dir

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from espnet_snac.frames import codes_to_frames, frames_to_codes
+from espnet_snac.model.frames import codes_to_frames, frames_to_codes
 from espnet_snac.tokens.batching import plan_pieces
 from espnet_snac.tokens.bpe import UnitBPE, chars_to_units, train_bpe, units_to_chars
 from espnet_snac.tokens.layout import ORPHEUS_BASE, VOCAB_SIZE, flat_to_frames, frames_to_flat, token_names

@@ -150,7 +150,7 @@ def test_split_fits_the_corpus(capsys):
 
 
 def test_missing_file_says_no_such_file(tmp_path):
-    from espnet_snac.audio_io import AudioError, read_audio
+    from espnet_snac.io.audio_io import AudioError, read_audio
 
     with pytest.raises(AudioError, match=f"no such file: {tmp_path}/gone.wav"):
         read_audio(tmp_path / "gone.wav")
@@ -165,9 +165,9 @@ def test_missing_file_says_no_such_file(tmp_path):
 def test_tokenizer_encode_batch_sampling_rate():
     import torch
 
-    from espnet_snac.audio_io import resample
-    from espnet_snac.model import SNAC
-    from espnet_snac.tokenizer import SNACTokenizer
+    from espnet_snac.io.audio_io import resample
+    from espnet_snac.model.snac import SNAC
+    from espnet_snac.inference.tokenizer import SNACTokenizer
     from speech_samples import synthetic_speech
 
     torch.manual_seed(0)

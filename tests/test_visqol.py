@@ -1,4 +1,4 @@
-"""ViSQOL (espnet_snac.visqol_metric) and its place in espnet_snac.bin.score, on real speech."""
+"""ViSQOL (espnet_snac.scoring.visqol_metric) and its place in espnet_snac.bin.score, on real speech."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import soundfile as sf
 
 pytest.importorskip("visqol")
 
-from espnet_snac import visqol_metric  # noqa: E402
+from espnet_snac.scoring import visqol_metric  # noqa: E402
 from espnet_snac.bin import score  # noqa: E402
-from espnet_snac.metrics import MetricError  # noqa: E402
+from espnet_snac.scoring.metrics import MetricError  # noqa: E402
 from speech_samples import load_speech  # noqa: E402
 
 SR = 24000

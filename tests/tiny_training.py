@@ -53,7 +53,7 @@ def tiny_model(seed: int = 0):
     """The tiny config's ``ESPnetGANCodecModel`` (generator + discriminator + losses)."""
     from espnet2.gan_codec.espnet_model import ESPnetGANCodecModel
 
-    from espnet_snac.codec import SNACCodec
+    from espnet_snac.objective.codec import SNACCodec
 
     conf = yaml.safe_load(TINY.read_text())["codec_conf"]
     torch.manual_seed(seed)

@@ -392,7 +392,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
             --num_iters_per_epoch "$plan_k" --max_epoch "$plan_epochs" --batch_size "$plan_batch")
         if [ -n "$init_param" ]; then
             # a Hugging Face repo id, official dir or packed zip becomes a codec.generator.* .pth
-            init_pth=$("$python" -c 'import sys; from espnet_snac.checkpoints import espnet_init_param; print(espnet_init_param(sys.argv[1], sys.argv[2]))' \
+            init_pth=$("$python" -c 'import sys; from espnet_snac.model.checkpoints import espnet_init_param; print(espnet_init_param(sys.argv[1], sys.argv[2]))' \
                 "$init_param" "${codec_exp}/init") || die "Stage 4: --init_param ${init_param} cannot be read as SNAC weights"
             opts+=(--init_param "$init_pth")
         fi

@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from espnet_snac.scp import read_text
+from espnet_snac.io.scp import read_text
 from espnet_snac.tokens.batching import BatchEncoder
 from espnet_snac.tokens.inputs import AudioItems, read_inputs
 from espnet_snac.tokens.layout import FRAME_RULES, ORPHEUS_BASE
@@ -224,7 +224,7 @@ def extract(args: argparse.Namespace, dist: Distributed, model, device: torch.de
 
 
 def _load_model(path: str, device: torch.device):
-    from espnet_snac.model import SNAC
+    from espnet_snac.model.snac import SNAC
 
     try:
         model = SNAC.from_pretrained(path, map_location=device)

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from espnet_snac.atomic_files import atomic_write_text
+from espnet_snac.io.atomic_files import atomic_write_text
 from espnet_snac.lm.lines import LMDataError, build_set, cut_prompt, read_token_text, read_transcripts, write_lines
 from espnet_snac.lm.vocab import build_token_list, text_units, write_token_list
 

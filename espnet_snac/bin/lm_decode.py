@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from espnet_snac.atomic_files import atomic_write_text
+from espnet_snac.io.atomic_files import atomic_write_text
 from espnet_snac.lm.lines import LMDataError, read_keyed_lines
 from espnet_snac.lm.slots import check_slots, prompt_frames
 from espnet_snac.lm.vocab import GENERATE_SPEECH, read_token_list
@@ -65,8 +65,8 @@ def _write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from espnet_snac.frames import frames_to_codes
-    from espnet_snac.model import SNAC
+    from espnet_snac.model.frames import frames_to_codes
+    from espnet_snac.model.snac import SNAC
 
     token_list = read_token_list(args.token_list)
     prompts = {utt: rest.split() for _, utt, rest in read_keyed_lines(args.prompts, "prompt text")}

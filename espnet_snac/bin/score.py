@@ -15,7 +15,7 @@ Outputs in ``--output_dir``:
   * ``utt_results.tsv``: one row per utterance (status, metrics, lengths, error message);
   * ``results.json``: averages over scored utterances under ``mel_distance``, ``stft_distance``,
     ``si_snr``, ``pesq_wb``, ``stoi`` and ``visqol`` (MOS-LQO, when visqol-python is installed; audio
-    mode at 48 kHz by default, see :mod:`espnet_snac.visqol_metric`) (null when nothing was scored),
+    mode at 48 kHz by default, see :mod:`espnet_snac.scoring.visqol_metric`) (null when nothing was scored),
     plus ``num_utts``, ``num_failed`` and ``visqol_setting``;
   * ``results.md``: a Markdown table (mean, std, min, max per metric) and the failed utterances;
   * ``plots/spec_<utt>.png`` / ``plots/metrics_hist.png`` when asked for (needs matplotlib).
@@ -33,10 +33,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from espnet_snac.atomic_files import atomic_open, atomic_write_text
-from espnet_snac.audio_io import AudioError, resample, to_mono
-from espnet_snac.metrics import HIGHER_IS_BETTER, METRIC_NAMES, MetricError, compute_all
-from espnet_snac.scp import ScpError, load_scp_audio, read_scp
+from espnet_snac.io.atomic_files import atomic_open, atomic_write_text
+from espnet_snac.io.audio_io import AudioError, resample, to_mono
+from espnet_snac.scoring.metrics import HIGHER_IS_BETTER, METRIC_NAMES, MetricError, compute_all
+from espnet_snac.io.scp import ScpError, load_scp_audio, read_scp
 
 TSV_COLUMNS = ("utt_id", "status", *METRIC_NAMES, "sample_rate", "num_samples", "length_diff", "error")
 VISQOL = "visqol"
@@ -80,7 +80,7 @@ def score_one(job: Tuple[str, Optional[str], Optional[str]], visqol_mode: Option
         row.update(sample_rate=rate, num_samples=int(ref.size), length_diff=diff)
         row.update(compute_all(ref, hyp, rate))
         if visqol_mode:
-            from espnet_snac.visqol_metric import visqol
+            from espnet_snac.scoring.visqol_metric import visqol
 
             row[VISQOL] = visqol(ref, hyp, rate, mode=visqol_mode)
         row["status"] = "ok"
@@ -261,7 +261,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def _visqol_mode(args) -> Optional[str]:
     """The ViSQOL mode to score with, or None; exits with a clear message when it is required but missing."""
-    from espnet_snac import visqol_metric
+    from espnet_snac.scoring import visqol_metric
 
     if args.visqol == "false":
         return None
@@ -296,7 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results, stats = summarize(rows, names)
     note = ""
     if visqol_mode:
-        from espnet_snac.visqol_metric import describe
+        from espnet_snac.scoring.visqol_metric import describe
 
         results["visqol_setting"] = describe(visqol_mode)[1]
         note = f"ViSQOL: {results['visqol_setting']} (MOS-LQO, 1-5)."

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional, Tuple
 import numpy as np
 import soundfile as sf
 
-from espnet_snac.audio_io import AudioError, read_audio, resample, to_mono, wav_data_shortfall, wav_file_shortfall
+from espnet_snac.io.audio_io import AudioError, read_audio, resample, to_mono, wav_data_shortfall, wav_file_shortfall
 from espnet_snac.data.bandwidth import effective_bandwidth
 from espnet_snac.data.items import Rejected, SourceItem
 

@@ -1,13 +1,13 @@
-"""Atomic writing of Kaldi text files (temp file + fsync + rename, see ``espnet_snac.atomic_files``).
+"""Atomic writing of Kaldi text files (temp file + fsync + rename, see ``espnet_snac.io.atomic_files``).
 
-Kaldi files are read with ``espnet_snac.scp`` (``read_scp``, ``read_segments``)."""
+Kaldi files are read with ``espnet_snac.io.scp`` (``read_scp``, ``read_segments``)."""
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
 from typing import Iterable, List, Tuple
 
-from espnet_snac.atomic_files import atomic_write_text
+from espnet_snac.io.atomic_files import atomic_write_text
 
 
 def atomic_write_lines(path: str, rows: Iterable[Iterable[object]], sep: str = " ") -> None:

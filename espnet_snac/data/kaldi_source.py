@@ -11,12 +11,12 @@ import os
 import subprocess
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from espnet_snac.audio_io import AudioError
+from espnet_snac.io.audio_io import AudioError
 from espnet_snac.data.audio_check import decode_item
 from espnet_snac.data.items import AudioPayload, Rejected, SourceItem
 from espnet_snac.data.source_base import Source, SourceError
 from espnet_snac.data.transcripts import clean_transcript
-from espnet_snac.scp import is_kaldi_entry, load_scp_audio, read_scp, read_segments
+from espnet_snac.io.scp import is_kaldi_entry, load_scp_audio, read_scp, read_segments
 
 
 def load_wav_scp_value(value: str, origin: str) -> AudioPayload:

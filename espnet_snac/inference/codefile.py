@@ -29,7 +29,7 @@ from typing import List, Sequence, Union
 
 import numpy as np
 
-from espnet_snac.atomic_files import atomic_write_bytes
+from espnet_snac.io.atomic_files import atomic_write_bytes
 
 MAGIC = b"SNAC"
 FORMAT_VERSION = 1

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from espnet_snac.layers import LocalMHA, NoiseBlock, _rotate_half
+from espnet_snac.model.layers import LocalMHA, NoiseBlock, _rotate_half
 
 PathLike = Union[str, Path]
 DEFAULT_OPSET = 18
@@ -208,7 +208,7 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: List[str], 
     if program is None:
         raise RuntimeError(f"{path}: torch.onnx.export returned no program")
     # written to a temp name and renamed: a half-written .onnx never carries the final name
-    from espnet_snac.atomic_files import atomic_write_bytes
+    from espnet_snac.io.atomic_files import atomic_write_bytes
 
     atomic_write_bytes(path, program.model_proto.SerializeToString())
 
@@ -246,7 +246,7 @@ def export_onnx(model, out_dir: PathLike, noise: bool = False, opset: int = DEFA
     first = model.vq_strides[0]
     code_shapes = tuple({0: dynamic, 1: dynamic} for _ in model.vq_strides)
     _export(decoder, tuple(codes), paths["decoder"], code_names, ["audio"], (code_shapes,), opset)
-    from espnet_snac.streaming import receptive_field
+    from espnet_snac.inference.streaming import receptive_field
 
     field = receptive_field(model)
     config = dict(model.config)
@@ -263,7 +263,7 @@ def export_onnx(model, out_dir: PathLike, noise: bool = False, opset: int = DEFA
                                for n, s in zip(code_names, model.vq_strides)},
                     "outputs": {"audio": ["batch", 1, f"frames*{first * model.hop_length}"]}},
     }
-    from espnet_snac.atomic_files import atomic_write_text
+    from espnet_snac.io.atomic_files import atomic_write_text
 
     atomic_write_text(paths["config"], json.dumps(config, indent=2) + "\n")
     return paths
@@ -304,7 +304,7 @@ class OnnxStreamingDecoder:
     full decode (noise off) up to float rounding.
 
     Each :meth:`push` decodes a window of the codes: the left context and the lookahead that the
-    decoder's receptive field needs (:func:`espnet_snac.streaming.receptive_field`, stored in
+    decoder's receptive field needs (:func:`espnet_snac.inference.streaming.receptive_field`, stored in
     ``config.json`` at export), started at a coarse frame on the attention grid, and returns the
     audio of the frames that are final. Work per push is bounded (24 kHz: 3 coarse frames of left
     context and 3 of lookahead, i.e. 256 ms of latency). Codes are pushed per level, coarse-frame

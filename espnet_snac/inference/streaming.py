@@ -10,7 +10,7 @@ lookahead, zero-padded at its right edge as if the stream ended there) and emits
 it: lower latency, some error. Either way the work per push is bounded. The noise blocks draw their
 noise by absolute position (``noise_seed``), so exactness holds with noise on.
 
-Frames are ``(B, F, K)`` in the layout of :mod:`espnet_snac.frames` (``K = 7`` for 24 kHz, the
+Frames are ``(B, F, K)`` in the layout of :mod:`espnet_snac.model.frames` (``K = 7`` for 24 kHz, the
 Orpheus order). Positions below are latent frames (``hop_length`` samples each) unless named frames.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from espnet_snac.frames import frame_order, frames_to_codes, level_sizes_of
-from espnet_snac.layers import Decoder, DecoderBlock, LocalMHA, NoiseBlock, ResidualUnit
+from espnet_snac.model.frames import frame_order, frames_to_codes, level_sizes_of
+from espnet_snac.model.layers import Decoder, DecoderBlock, LocalMHA, NoiseBlock, ResidualUnit
 
 
 class ReceptiveField(NamedTuple):
@@ -197,7 +197,7 @@ class StreamingDecoder:
     """Decode SNAC frames incrementally.
 
     Args:
-        model: a :class:`espnet_snac.model.SNAC` (eval mode; its device is used).
+        model: a :class:`espnet_snac.model.snac.SNAC` (eval mode; its device is used).
         lookahead_frames: coarse frames held back before a frame is emitted. ``None`` = the exact
             lookahead (:meth:`exact_lookahead_frames`), which makes the concatenated output equal to
             ``model.decode`` of all frames. Smaller values lower the latency at some error.

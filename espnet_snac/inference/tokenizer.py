@@ -2,7 +2,7 @@
 (``espnet2/speechlm/tokenizer/codec_tokenizer.py``).
 
 Shapes: ``wavs (B, 1, T)`` float at 24 kHz; ``codes (B, F, 7)`` raw codes 0..4095 in the frame order
-of :mod:`espnet_snac.frames`, ``F = ceil(T / 2048)``; flat tokens ``(B, F * 7)`` with offset
+of :mod:`espnet_snac.model.frames`, ``F = ceil(T / 2048)``; flat tokens ``(B, F * 7)`` with offset
 ``k * 4096`` for frame position ``k``; audio ``(B, F * 2048)`` (the model's padded length).
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from espnet_snac.audio_io import resample as resample_audio
-from espnet_snac.audio_io import to_mono
-from espnet_snac.frames import FRAME_SIZE, codes_to_frames, frames_to_codes
-from espnet_snac.model import SNAC
+from espnet_snac.io.audio_io import resample as resample_audio
+from espnet_snac.io.audio_io import to_mono
+from espnet_snac.model.frames import FRAME_SIZE, codes_to_frames, frames_to_codes
+from espnet_snac.model.snac import SNAC
 from espnet_snac.tokens.batching import BatchEncoder, encode_exact, exact_cuda_math
 from espnet_snac.tokens.layout import flat_to_frames, frames_to_flat
 

@@ -13,7 +13,7 @@ from typing import Iterator, Tuple, Union
 
 import numpy as np
 
-from .audio_io import AudioError, read_audio
+from espnet_snac.io.audio_io import AudioError, read_audio
 
 _ARK_ENTRY = re.compile(r".+\.ark:\d+(\[[^\]]*\])?$")
 

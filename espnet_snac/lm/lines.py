@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
-from espnet_snac.atomic_files import atomic_open
-from espnet_snac.frames import FRAME_SIZE
+from espnet_snac.io.atomic_files import atomic_open
+from espnet_snac.model.frames import FRAME_SIZE
 from espnet_snac.lm.vocab import DUMMY_FIRST, GENERATE_SPEECH, UNK, snac_name, text_units
-from espnet_snac.scp import ScpError, read_keyed
+from espnet_snac.io.scp import ScpError, read_keyed
 from espnet_snac.tokens.layout import CODEBOOK_SIZE
 
 
@@ -24,7 +24,7 @@ class LMDataError(ValueError):
 
 def read_keyed_lines(path: Path, kind: str) -> Iterator[Tuple[int, str, str]]:
     """``(line number, utt, rest)`` of the non-blank lines of a Kaldi-style file; ids must be unique
-    (:func:`espnet_snac.scp.read_keyed`, its errors as :class:`LMDataError`)."""
+    (:func:`espnet_snac.io.scp.read_keyed`, its errors as :class:`LMDataError`)."""
     try:
         yield from read_keyed(path, kind)
     except ScpError as exc:

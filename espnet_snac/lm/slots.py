@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from espnet_snac.frames import FRAME_SIZE
+from espnet_snac.model.frames import FRAME_SIZE
 from espnet_snac.lm.vocab import parse_snac_name
 
 

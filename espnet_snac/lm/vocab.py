@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from espnet_snac.frames import FRAME_SIZE
+from espnet_snac.model.frames import FRAME_SIZE
 from espnet_snac.tokens.layout import CODEBOOK_SIZE, token_names
 
 BLANK, UNK = "<blank>", "<unk>"

@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 import yaml
 
-from espnet_snac.configs import SNAC_24KHZ
+from espnet_snac.model.configs import SNAC_24KHZ
 
 # ESPnet saves ESPnetGANCodecModel.state_dict(): the generator sits under this prefix.
 ESPNET_GENERATOR_PREFIX = "codec.generator."
@@ -95,7 +95,7 @@ def _read_zip(path: Path, map_location) -> Tuple[Dict, Dict]:
 def locate(spec: Union[str, Path], revision: Optional[str] = None,
            cache_dir: Optional[Union[str, Path]] = None) -> Path:
     """A local path for ``spec``: the path itself, or the cache snapshot of a Hugging Face repo id."""
-    from espnet_snac import hub
+    from espnet_snac.model import hub
 
     if hub.looks_like_repo_id(spec):
         return hub.resolve(str(spec), revision=revision, cache_dir=cache_dir)
@@ -116,7 +116,7 @@ def espnet_init_param(spec: str, work_dir: Union[str, Path]) -> str:
         return str(spec)
     location = locate(spec)
     config, state = read(location)
-    from espnet_snac.atomic_files import atomic_torch_save
+    from espnet_snac.io.atomic_files import atomic_torch_save
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Official SNAC configurations (``config.json`` keys = :class:`espnet_snac.model.SNAC` kwargs).
+"""Official SNAC configurations (``config.json`` keys = :class:`espnet_snac.model.snac.SNAC` kwargs).
 
 Plain dicts with no torch import, so that checkpoint readers and CLIs can use them cheaply.
 """

@@ -6,14 +6,14 @@ on every call, residual sums allocate once more, and on CPU every fresh activati
 fresh memory whose first write page-faults. This path walks the same modules and computes:
 
 - Snake into a reused buffer with in-place ``sin_ / square_ / mul_ / add_``: the same arithmetic in
-  the same order, hence bit-identical to :class:`espnet_snac.layers.Snake1d`;
+  the same order, hence bit-identical to :class:`espnet_snac.model.layers.Snake1d`;
 - outputs of the ops it owns in buffers reused within a block (:class:`Workspace`);
 - convolutions with weights folded once (``g * v / ||v||``, the value the parametrization yields) and
   cached until a parameter changes (in place, by an optimizer or a load, or by ``.to()``);
 - residual sums in place (``y += x``, bit-identical to ``x + y``).
 
 Encoder outputs, hence codes, are bit-identical to the plain modules: its convolutions are the plain
-``F.conv1d`` calls, or kernels proven to round like them (:mod:`espnet_snac.kernels`), because any
+``F.conv1d`` calls, or kernels proven to round like them (:mod:`espnet_snac.model.kernels`), because any
 other algorithm rounds differently, and about one code in 10^4 sits within 1e-6 of a tie (README,
 "Speed"). The decoder additionally runs kernel-1 convolutions (also the NoiseBlocks' projection)
 as GEMMs, each residual unit's last one accumulated straight into the unit's input; transposed
@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from espnet_snac import kernels
-from espnet_snac.layers import (Decoder, DecoderBlock, Encoder, EncoderBlock, NoiseBlock, ResidualUnit,
+from espnet_snac.model import kernels
+from espnet_snac.model.layers import (Decoder, DecoderBlock, Encoder, EncoderBlock, NoiseBlock, ResidualUnit,
                                  Snake1d)
 
 
@@ -233,10 +233,10 @@ class FastPath:
     the input of every Conv1d is then zeroed beyond each row's valid length at that layer's
     resolution (see :mod:`espnet_snac.tokens.batching`), done in place on the tail only.
     ``exact=False`` (decoder) also runs kernel-1 convolutions as GEMMs and, on CPU, depthwise ones
-    as shifted multiply-adds, or with ``native`` (and a C compiler, :mod:`espnet_snac.kernels`)
+    as shifted multiply-adds, or with ``native`` (and a C compiler, :mod:`espnet_snac.model.kernels`)
     Snake and Snake + depthwise conv as fused kernels: faster, equal up to float rounding. With
     ``exact`` and ``native``, depthwise convolutions on CPU run the kernel that rounds like
-    ``F.conv1d`` (:class:`espnet_snac.kernels.ExactDepthwise`), bit for bit.
+    ``F.conv1d`` (:class:`espnet_snac.model.kernels.ExactDepthwise`), bit for bit.
     """
 
     def __init__(self, weights: FoldedWeights, lengths: Optional[torch.Tensor] = None, total: int = 0,

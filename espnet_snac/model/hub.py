@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-from espnet_snac.checkpoints import CheckpointError
+from espnet_snac.model.checkpoints import CheckpointError
 
 PathLike = Union[str, Path]
 

@@ -343,7 +343,7 @@ class ExactSnake:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, 8, 2500, generator=g) * torch.logspace(-3, 2, 2500)
         alpha = torch.rand(1, 8, 1, generator=g) * 5 + 0.01
-        want = x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)  # espnet_snac.layers.Snake1d
+        want = x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)  # espnet_snac.model.layers.Snake1d
         ok = torch.equal(self.snake(x, alpha, torch.empty_like(x)), want)
         if not ok:
             log.info("exact Snake kernel differs from torch.sin on this build; encoder Snake uses torch ops")

@@ -83,7 +83,7 @@ class NoiseBlock(nn.Module):
     """Adds ``randn(B, 1, T) * conv1x1(x)``: input-dependent noise, active in eval mode too.
 
     By default the noise comes from the global RNG like the official model. With ``seed`` set (by
-    :meth:`espnet_snac.model.SNAC.noise`) it is a function of ``(seed, index, absolute position)``,
+    :meth:`espnet_snac.model.snac.SNAC.noise`) it is a function of ``(seed, index, absolute position)``,
     where ``offset`` is the absolute position of ``x[..., 0]``: a decode of any window of the latent
     then draws the same noise as the full decode. ``enabled = False`` removes the noise.
     """

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from espnet_snac.layers import wn_conv1d
+from espnet_snac.model.layers import wn_conv1d
 
 
 class QuantizerOutput(NamedTuple):

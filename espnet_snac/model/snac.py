@@ -10,10 +10,10 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, 
 import torch
 from torch import nn
 
-from espnet_snac.configs import SNAC_24KHZ, SNAC_32KHZ, SNAC_44KHZ  # noqa: F401  (re-exported)
-from espnet_snac.fast import FastPath, FoldedWeights, has_hooks
-from espnet_snac.layers import Decoder, Encoder, NoiseBlock
-from espnet_snac.quantizer import ResidualVectorQuantize
+from espnet_snac.model.configs import SNAC_24KHZ, SNAC_32KHZ, SNAC_44KHZ  # noqa: F401  (re-exported)
+from espnet_snac.model.fast import FastPath, FoldedWeights, has_hooks
+from espnet_snac.model.layers import Decoder, Encoder, NoiseBlock
+from espnet_snac.model.quantizer import ResidualVectorQuantize
 
 PathLike = Union[str, Path]
 
@@ -72,7 +72,7 @@ class SNAC(nn.Module):
         self.quantizer = ResidualVectorQuantize(latent_dim, codebook_size, codebook_dim, vq_strides)
         self.decoder = Decoder(latent_dim, decoder_dim, decoder_rates, noise, depthwise=depthwise,
                                attn_window_size=attn_window_size)
-        #: Use :mod:`espnet_snac.fast` in eval mode without autograd (set False to force the plain path).
+        #: Use :mod:`espnet_snac.model.fast` in eval mode without autograd (set False to force the plain path).
         self.fast_inference = True
         self._folded = FoldedWeights()  # not a buffer: never in the state dict
 
@@ -148,7 +148,7 @@ class SNAC(nn.Module):
 
         ``length`` trims the output to the original number of samples (``None``: untrimmed, as the
         official package). ``noise_seed`` makes the NoiseBlocks reproducible, drawing the noise by
-        absolute position (so :class:`espnet_snac.streaming.StreamingDecoder` matches it);
+        absolute position (so :class:`espnet_snac.inference.streaming.StreamingDecoder` matches it);
         ``add_noise=False`` switches them off. With the defaults, noise comes from the global RNG
         like the release.
         """
@@ -166,7 +166,7 @@ class SNAC(nn.Module):
         """Temporarily seed or disable decoder noise.
 
         With a ``seed`` every NoiseBlock draws its noise by absolute position (see
-        :class:`espnet_snac.layers.NoiseBlock`); ``start_frame`` is the latent frame at which the
+        :class:`espnet_snac.model.layers.NoiseBlock`); ``start_frame`` is the latent frame at which the
         decoded latent starts, so that a window of a longer latent gets that latent's noise.
         ``device`` is accepted for compatibility; the noise is made on the device of the signal.
         """
@@ -214,7 +214,7 @@ class SNAC(nn.Module):
         * packed: the ``.zip`` written by ``espnet2.bin.pack``
         Weights are read without executing pickled code; any missing or unexpected key is an error.
         """
-        from espnet_snac import checkpoints
+        from espnet_snac.model import checkpoints
 
         location = checkpoints.locate(path, revision=revision, cache_dir=cache_dir)
         config, state = checkpoints.read(location, map_location)
@@ -228,15 +228,15 @@ class SNAC(nn.Module):
         with ``safetensors=True``) and a model card ``README.md``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        from espnet_snac.atomic_files import atomic_torch_save, atomic_write_text
-        from espnet_snac.hub import model_card
+        from espnet_snac.io.atomic_files import atomic_torch_save, atomic_write_text
+        from espnet_snac.model.hub import model_card
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_torch_save(state, directory / "pytorch_model.bin")
         if safetensors:
             from safetensors.torch import save as save_safetensors
 
-            from espnet_snac.atomic_files import atomic_write_bytes
+            from espnet_snac.io.atomic_files import atomic_write_bytes
 
             atomic_write_bytes(directory / "model.safetensors", save_safetensors(state))
         atomic_write_text(directory / "README.md", model_card(self.config, repo_id))
@@ -248,7 +248,7 @@ class SNAC(nn.Module):
                     commit_message: str = "Upload SNAC model", revision: Optional[str] = None) -> str:
         """Upload the official format with a model card to the Hugging Face Hub (``hf auth login``
         first); the repo is created if needed. Returns the commit URL."""
-        from espnet_snac.hub import push_to_hub
+        from espnet_snac.model.hub import push_to_hub
 
         return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
                            revision=revision)

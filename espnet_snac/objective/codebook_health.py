@@ -20,8 +20,8 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from espnet_snac.train.code_histogram import CodeHistogram, code_counts, world_size
-from espnet_snac.train.dead_codes import DeadCodeRestart
+from espnet_snac.objective.code_histogram import CodeHistogram, code_counts, world_size
+from espnet_snac.objective.dead_codes import DeadCodeRestart
 
 
 class CodebookHealth:

@@ -13,13 +13,13 @@ from espnet2.gan_codec.shared.discriminator.msmpmb_discriminator import (
 from espnet2.gan_tts.hifigan.loss import DiscriminatorAdversarialLoss, FeatureMatchLoss, GeneratorAdversarialLoss
 from espnet2.torch_utils.device_funcs import force_gatherable
 
-from espnet_snac.config_check import check_codec_conf
-from espnet_snac.frames import codes_to_frames, frames_to_codes, level_sizes_of
-from espnet_snac.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
-from espnet_snac.model import SNAC, SNAC_24KHZ, SNACOutput
-from espnet_snac.train.code_histogram import code_counts
-from espnet_snac.train.codebook_health import CodebookHealth
-from espnet_snac.train.dead_codes import DeadCodeRestart
+from espnet_snac.objective.config_check import check_codec_conf
+from espnet_snac.model.frames import codes_to_frames, frames_to_codes, level_sizes_of
+from espnet_snac.objective.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
+from espnet_snac.model.snac import SNAC, SNAC_24KHZ, SNACOutput
+from espnet_snac.objective.code_histogram import code_counts
+from espnet_snac.objective.codebook_health import CodebookHealth
+from espnet_snac.objective.dead_codes import DeadCodeRestart
 
 BANDS = [(0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
 
@@ -56,7 +56,7 @@ def _merge(default: Dict[str, Any], override: Optional[Dict[str, Any]]) -> Dict[
 def codebook_statistics(codes: torch.Tensor, codebook_size: int):
     """Fraction of the codebook used by ``codes`` and the perplexity of their histogram.
 
-    Per batch, so capped by the batch size (windowed usage: :mod:`espnet_snac.train.codebook_health`).
+    Per batch, so capped by the batch size (windowed usage: :mod:`espnet_snac.objective.codebook_health`).
     No host synchronisation on CUDA: ``index_add_`` instead of ``bincount``, ``xlogy`` instead of a mask.
     """
     counts = code_counts([codes], codebook_size)[0].float()
@@ -71,14 +71,14 @@ def _to_float(outputs: List[List[torch.Tensor]]) -> List[List[torch.Tensor]]:
 
 
 class SNACCodec(AbsGANCodec):
-    """Trainable SNAC: the generator is :class:`espnet_snac.model.SNAC`.
+    """Trainable SNAC: the generator is :class:`espnet_snac.model.snac.SNAC`.
 
     Generator objective (DAC recipe): ``lambda_adv`` LSGAN + ``lambda_feat_match`` L1 feature matching
     + ``lambda_mel`` 7-scale log-mel L1 + ``lambda_stft`` multi-resolution STFT (spectral convergence +
     log magnitude) + ``lambda_wave`` waveform L1 + per-level ``lambda_codebook`` codebook and
     ``lambda_commitment`` commitment losses. Losses with weight 0 are skipped.
 
-    ESPnet's codes are ``(7, B, frames)`` in the Orpheus frame order (see :mod:`espnet_snac.frames`).
+    ESPnet's codes are ``(7, B, frames)`` in the Orpheus frame order (see :mod:`espnet_snac.model.frames`).
     """
 
     def __init__(

@@ -125,7 +125,7 @@ def check_discriminator_params(params: Optional[Dict[str, Any]], sampling_rate: 
 
 
 def check_codec_conf(codec_cls: type, args: Mapping[str, Any]) -> None:
-    """All of ``codec_conf`` for :class:`espnet_snac.codec.SNACCodec`: ``args`` are its constructor's
+    """All of ``codec_conf`` for :class:`espnet_snac.objective.codec.SNACCodec`: ``args`` are its constructor's
     arguments (values left at their defaults are not checked)."""
     from espnet2.gan_tts.hifigan.loss import (
         DiscriminatorAdversarialLoss,
@@ -133,8 +133,8 @@ def check_codec_conf(codec_cls: type, args: Mapping[str, Any]) -> None:
         GeneratorAdversarialLoss,
     )
 
-    from espnet_snac.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
-    from espnet_snac.model import SNAC
+    from espnet_snac.objective.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
+    from espnet_snac.model.snac import SNAC
 
     params = inspect.signature(codec_cls.__init__).parameters
     given = {k: v for k, v in args.items() if k in params and k != "self" and v is not params[k].default}

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from espnet_snac.train.code_histogram import world_size
+from espnet_snac.objective.code_histogram import world_size
 
 
 class LatentRing:

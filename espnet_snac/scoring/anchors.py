@@ -62,8 +62,8 @@ def degrade(x: np.ndarray, rate: int, name: str, utt: str = "") -> np.ndarray:
 
 
 def score_anchors(utts: Mapping[str, np.ndarray], rate: int) -> Dict[str, Dict[str, object]]:
-    """``{anchor: {metric: mean, "num_utts": n, "num_failed": k}}`` (:func:`espnet_snac.metrics.mean_scores`)."""
-    from espnet_snac.metrics import mean_scores
+    """``{anchor: {metric: mean, "num_utts": n, "num_failed": k}}`` (:func:`espnet_snac.scoring.metrics.mean_scores`)."""
+    from espnet_snac.scoring.metrics import mean_scores
 
     return {name: mean_scores(((utt, x, degrade(x, rate, name, utt)) for utt, x in utts.items()), rate)
             for name in ANCHORS}

@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .audio_io import resample
+from espnet_snac.io.audio_io import resample
 
 Signal = Union[np.ndarray, torch.Tensor]
 
@@ -75,7 +75,7 @@ def _check_pair(ref: torch.Tensor, hyp: torch.Tensor) -> None:
 
 @functools.lru_cache(maxsize=16)
 def _mel_loss(sample_rate: int):
-    from .losses import MultiScaleMelLoss
+    from espnet_snac.objective.losses import MultiScaleMelLoss
 
     with warnings.catch_warnings():
         # tiny windows at high rates leave some top mel bands empty; DAC accepts that too
@@ -85,7 +85,7 @@ def _mel_loss(sample_rate: int):
 
 @functools.lru_cache(maxsize=1)
 def _stft_loss():
-    from .losses import MultiResolutionSTFTLoss
+    from espnet_snac.objective.losses import MultiResolutionSTFTLoss
 
     return MultiResolutionSTFTLoss(STFT_FFT_SIZES, eps=STFT_CLAMP)
 
@@ -99,7 +99,7 @@ def _pad_for_window(x: torch.Tensor, n_fft: int) -> torch.Tensor:
 @torch.no_grad()
 def mel_distance(ref: Signal, hyp: Signal, sample_rate: int) -> float:
     """DAC-style multi-scale log-mel L1 distance: the unweighted training mel loss
-    (:class:`espnet_snac.losses.MultiScaleMelLoss`), sum over the 7 scales of the mean abs log10 error."""
+    (:class:`espnet_snac.objective.losses.MultiScaleMelLoss`), sum over the 7 scales of the mean abs log10 error."""
     r, h = _as_tensor(ref), _as_tensor(hyp)
     _check_pair(r, h)
     n = max(MEL_WINDOWS)
@@ -109,7 +109,7 @@ def mel_distance(ref: Signal, hyp: Signal, sample_rate: int) -> float:
 @torch.no_grad()
 def stft_distance(ref: Signal, hyp: Signal) -> float:
     """Multi-resolution STFT distance: mean over FFT sizes of (spectral convergence + log-magnitude L1),
-    as :class:`espnet_snac.losses.MultiResolutionSTFTLoss`.
+    as :class:`espnet_snac.objective.losses.MultiResolutionSTFTLoss`.
 
     Spectral convergence = ||S_ref - S_hyp||_F / ||S_ref||_F on magnitudes; log-magnitude L1 = mean
     |log S_ref - log S_hyp| with magnitudes clamped at 1e-7. Hann windows, hop n_fft / 4.
@@ -187,7 +187,7 @@ HIGHER_IS_BETTER: Dict[str, bool] = {
     "si_snr": True,
     "pesq_wb": True,
     "stoi": True,
-    "visqol": True,  # optional (espnet_snac.visqol_metric): bin.score adds it when visqol-python is installed
+    "visqol": True,  # optional (espnet_snac.scoring.visqol_metric): bin.score adds it when visqol-python is installed
 }
 
 

@@ -28,7 +28,7 @@ DEFAULT_MODE = "audio"
 MIN_SECONDS = 0.5
 
 
-from espnet_snac.metrics import MetricError
+from espnet_snac.scoring.metrics import MetricError
 
 
 class VisqolError(MetricError):
@@ -94,7 +94,7 @@ def _api(mode: str, allow_polynomial: bool):
 def visqol(ref: np.ndarray, hyp: np.ndarray, sample_rate: int, mode: str = DEFAULT_MODE,
            allow_polynomial: bool = False) -> float:
     """MOS-LQO of ``hyp`` against ``ref`` (mono, same rate and length), resampled to the mode's rate."""
-    from espnet_snac.audio_io import resample
+    from espnet_snac.io.audio_io import resample
 
     ref = np.asarray(ref, dtype=np.float32).reshape(-1)
     hyp = np.asarray(hyp, dtype=np.float32).reshape(-1)

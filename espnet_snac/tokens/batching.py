@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from espnet_snac.frames import FRAME_SIZE, codes_to_frames
+from espnet_snac.model.frames import FRAME_SIZE, codes_to_frames
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 One row per utterance:
 
 - ``utt_id`` (string), ``num_samples`` (int64, input length at the model rate),
-- ``codes``: ``(frames, 7)`` int32 raw codes in the frame order of :mod:`espnet_snac.frames`,
+- ``codes``: ``(frames, 7)`` int32 raw codes in the frame order of :mod:`espnet_snac.model.frames`,
 - ``orpheus_ids``: ``(frames * 7,)`` int32 ids ``base + k * 4096 + code``,
 - ``text`` (string): the transcript, only when the data directory has a ``text`` file.
 
@@ -19,7 +19,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import kaldiio
 import numpy as np
 
-from espnet_snac.frames import FRAME_SIZE
+from espnet_snac.model.frames import FRAME_SIZE
 from espnet_snac.tokens.layout import frames_to_flat
 
 DATASET_DIR = "datasets"

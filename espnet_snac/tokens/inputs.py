@@ -9,8 +9,8 @@ import numpy as np
 import soundfile as sf
 from torch.utils.data import Dataset
 
-from espnet_snac.audio_io import AudioError, resample, to_mono
-from espnet_snac.scp import is_kaldi_entry, load_scp_audio, read_scp, read_segments
+from espnet_snac.io.audio_io import AudioError, resample, to_mono
+from espnet_snac.io.scp import is_kaldi_entry, load_scp_audio, read_scp, read_segments
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Flattened token ids for SNAC-24k frames.
 
-A frame ``(7,)`` holds raw codes ``0..4095`` in the order of :data:`espnet_snac.frames.FRAME_ORDER`.
+A frame ``(7,)`` holds raw codes ``0..4095`` in the order of :data:`espnet_snac.model.frames.FRAME_ORDER`.
 Flattened frame-major, position ``k`` of every frame is shifted by ``k * codebook_size`` so that the
 seven positions use disjoint id ranges: ids ``0 .. 7 * 4096 - 1``. Orpheus-style LMs add a base
 offset (128266 in Orpheus) to these ids.
@@ -18,7 +18,7 @@ from typing import List, Union
 import numpy as np
 import torch
 
-from espnet_snac.frames import FRAME_SIZE
+from espnet_snac.model.frames import FRAME_SIZE
 
 CODEBOOK_SIZE = 4096
 #: Number of distinct flattened ids.

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from kaldiio.matio import write_array
 
-from espnet_snac.atomic_files import atomic_open
-from espnet_snac.frames import FRAME_SIZE, frames_to_codes
+from espnet_snac.io.atomic_files import atomic_open
+from espnet_snac.model.frames import FRAME_SIZE, frames_to_codes
 from espnet_snac.tokens.bpe import UnitBPE, train_bpe, units_to_chars
 from espnet_snac.tokens.hf_dataset import write_dataset
 from espnet_snac.tokens.layout import (CODEBOOK_SIZE, FRAME_RULES, codec_token_names, frames_to_flat,
@@ -58,7 +58,7 @@ class MergeResult:
 
 
 class _AtomicArk:
-    """A Kaldi ark that appears complete or not at all (see ``espnet_snac.atomic_files``);
+    """A Kaldi ark that appears complete or not at all (see ``espnet_snac.io.atomic_files``);
     :meth:`write` returns the scp value ``<path>:<offset>`` (the path as given, as the shards do)."""
 
     def __init__(self, path: Path):

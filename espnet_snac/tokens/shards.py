@@ -20,7 +20,7 @@ from typing import Dict, List
 import numpy as np
 from kaldiio.matio import read_kaldi, write_array
 
-from espnet_snac.atomic_files import atomic_write_text
+from espnet_snac.io.atomic_files import atomic_write_text
 
 SHARDS = "shards"
 

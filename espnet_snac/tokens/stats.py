@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from espnet_snac.frames import FRAME_ORDER
+from espnet_snac.model.frames import FRAME_ORDER
 
 
 @dataclass

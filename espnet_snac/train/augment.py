@@ -108,7 +108,7 @@ class BatchAugment:
         seed: int = 0,
         **unknown: Any,
     ):
-        from espnet_snac.config_check import check_kwargs
+        from espnet_snac.objective.config_check import check_kwargs
 
         given = {k: v for k, v in locals().items() if k not in ("self", "unknown", "check_kwargs")}
         check_kwargs("augment_conf", {**given, **unknown}, BatchAugment)

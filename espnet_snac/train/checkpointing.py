@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from espnet_snac.atomic_files import atomic_open
+from espnet_snac.io.atomic_files import atomic_open
 
 PathLike = Union[str, Path]
 LATEST = "checkpoint.pth"

@@ -44,15 +44,14 @@ class Training:
 
 def build_training(config: Path, device: str = "cpu", seed: Optional[int] = None) -> Training:
     """Parse ``config`` with the training parser and build everything as ``AbsTask.main_worker`` does."""
-    from espnet2.tasks.abs_task import scheduler_classes
     from espnet2.torch_utils.set_all_random_seed import set_all_random_seed
 
-    from espnet_snac.registry import register
-
-    register()
+    # Importing the task imports espnet2.tasks.gan_codec, which registers ``snac`` and the
+    # per-iteration scheduler through the import hook that ``import espnet_snac`` installed.
     from espnet_snac.train.step import GANStep
     from espnet_snac.train.task import SNACGANCodecTask
     from espnet_snac.train.trainer import step_config
+    from espnet2.tasks.abs_task import scheduler_classes
 
     config = Path(config)
     if not config.is_file():
@@ -104,7 +103,7 @@ def evaluate(generator: torch.nn.Module, utts: Dict[str, np.ndarray], sample_rat
     An utterance whose metrics fail (e.g. PESQ finds no speech, non-finite output) is counted in
     ``eval_failed`` and left out of the means; the codes count for every utterance.
     """
-    from espnet_snac.metrics import MetricError, mel_distance, pesq_wb, stoi
+    from espnet_snac.scoring.metrics import MetricError, mel_distance, pesq_wb, stoi
 
     was_training = generator.training
     generator.eval()

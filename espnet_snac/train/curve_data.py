@@ -16,8 +16,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from espnet_snac.audio_io import AudioError
-from espnet_snac.scp import read_scp
+from espnet_snac.io.audio_io import AudioError
+from espnet_snac.io.scp import read_scp
 from espnet_snac.tokens.inputs import InputItem, load_item, read_inputs
 
 

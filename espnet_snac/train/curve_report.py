@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence
 
-from espnet_snac.atomic_files import atomic_open
+from espnet_snac.io.atomic_files import atomic_open
 
 # Leading CSV columns, in this order; the training-loss means (train_*) follow, sorted.
 FIRST_COLUMNS = ("iteration", "minutes", "wall_minutes", "pesq", "stoi", "mel")

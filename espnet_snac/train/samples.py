@@ -72,7 +72,7 @@ def write_validation_samples(codec, audio: torch.Tensor, output_dir: PathLike, e
                              summary_writer=None, reference_dir: Optional[PathLike] = None) -> None:
     """Reconstruct the fixed held-out clips ``audio (B, T)`` (B <= 4) and write audio and mel images.
 
-    ``codec`` is a :class:`espnet_snac.codec.SNACCodec` (anything with ``.generator`` and ``.fs``). It runs
+    ``codec`` is a :class:`espnet_snac.objective.codec.SNACCodec` (anything with ``.generator`` and ``.fs``). It runs
     in eval mode without gradients and with seeded decoder noise; its training mode is restored after.
     """
     if audio.dim() != 2:

@@ -29,7 +29,7 @@ from espnet2.train.reporter import Reporter, SubReporter
 from espnet2.utils.build_dataclass import build_dataclass
 from espnet2.utils.types import float_or_none, int_or_none
 
-from espnet_snac.atomic_files import atomic_torch_save
+from espnet_snac.io.atomic_files import atomic_torch_save
 from espnet_snac.train import checkpointing as ckpt
 from espnet_snac.train import preemption
 from espnet_snac.train.nonfinite import NonFiniteTrainingError

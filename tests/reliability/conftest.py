@@ -12,7 +12,7 @@ from fault_helpers import SMALL
 @pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory) -> Path:
     """Official-format directory of a random SNAC-24k-layout model with narrow layers."""
-    from espnet_snac.model import SNAC, SNAC_24KHZ
+    from espnet_snac.model.snac import SNAC, SNAC_24KHZ
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("small_model") / "model"

@@ -21,8 +21,8 @@ def _paper() -> dict:
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_pass_the_checks(path):
-    from espnet_snac.codec import SNACCodec
-    from espnet_snac.config_check import check_codec_conf
+    from espnet_snac.objective.codec import SNACCodec
+    from espnet_snac.objective.config_check import check_codec_conf
     from espnet_snac.train.augment import BatchAugment
 
     config = yaml.safe_load(path.read_text())
@@ -61,8 +61,8 @@ def test_shipped_presets_pass_the_checks():
     ({"feat_match_loss_params": {"average_by_layers": 1}}, ["feat_match_loss_params.average_by_layers", "bool"]),
 ])
 def test_bad_codec_conf_names_the_key(change, words):
-    from espnet_snac.codec import SNACCodec
-    from espnet_snac.config_check import ConfigError
+    from espnet_snac.objective.codec import SNACCodec
+    from espnet_snac.objective.config_check import ConfigError
 
     conf = copy.deepcopy(_paper()["codec_conf"])
     for key, value in change.items():
@@ -77,7 +77,7 @@ def test_bad_codec_conf_names_the_key(change, words):
 
 
 def test_unknown_codec_conf_key_is_named():
-    from espnet_snac.codec import SNACCodec
+    from espnet_snac.objective.codec import SNACCodec
 
     with pytest.raises(TypeError, match="lambda_mels"):
         SNACCodec(lambda_mels=15.0)
@@ -123,7 +123,7 @@ def test_bad_preset_names_the_key_and_file(tmp_path, change, words):
 
 def test_espnet_start_fails_on_bad_config(tmp_path):
     """Through our task's parser and ESPnet's model builder: the error comes before any data is read."""
-    from espnet_snac.config_check import ConfigError
+    from espnet_snac.objective.config_check import ConfigError
     from espnet_snac.registry import register
 
     register()

@@ -17,7 +17,7 @@ import torch
 from espnet_snac import cli
 from espnet_snac.bin import extract_tokens, prepare_data
 from espnet_snac.data import audio_writers
-from espnet_snac.model import SNAC
+from espnet_snac.model.snac import SNAC
 from espnet_snac.tokens import shards
 from speech_samples import synthetic_speech
 

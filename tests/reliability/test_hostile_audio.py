@@ -17,7 +17,7 @@ import soundfile as sf
 
 from fault_helpers import subprocess_env
 from espnet_snac.bin import extract_tokens, prepare_data
-from espnet_snac.scp import load_scp_audio
+from espnet_snac.io.scp import load_scp_audio
 from speech_samples import synthetic_speech
 
 # name -> prepare_data's verdict: None = kept, else the reason code in rejected.tsv
@@ -172,7 +172,7 @@ def test_long_file_is_extracted_in_default_windows(small_model_dir, tmp_path, mo
     than a window plus both contexts, and its codes equal those of the whole file encoded at once."""
     import kaldiio
 
-    from espnet_snac.model import SNAC
+    from espnet_snac.model.snac import SNAC
     from espnet_snac.tokens import batching
 
     rate, seconds = 24000, 61.0

@@ -15,11 +15,12 @@ import soundfile as sf
 import torch
 
 from fault_helpers import REPO, SMALL
-from espnet_snac import cli, codefile
+from espnet_snac import cli
+from espnet_snac.inference import codefile
 from espnet_snac.bin import extract_tokens
-from espnet_snac.checkpoints import CheckpointError
-from espnet_snac.model import SNAC, SNAC_32KHZ
-from espnet_snac.tokenizer import SNACTokenizer
+from espnet_snac.model.checkpoints import CheckpointError
+from espnet_snac.model.snac import SNAC, SNAC_32KHZ
+from espnet_snac.inference.tokenizer import SNACTokenizer
 from speech_samples import synthetic_speech
 
 

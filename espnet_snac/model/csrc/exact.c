@@ -1,4 +1,4 @@
-/* Encoder kernels that round exactly like torch's ops (espnet_snac/kernels.py).
+/* Encoder kernels that round exactly like torch's ops (espnet_snac/model/kernels.py).
  *
  * The encoder's codes must equal the official package's, so everything it computes must round
  * exactly like torch. Depthwise convolution (one input channel per group, odd kernel K, dilation d,

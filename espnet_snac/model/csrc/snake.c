@@ -1,4 +1,4 @@
-/* Fused CPU kernels of the SNAC decoder's inference fast path (espnet_snac/kernels.py).
+/* Fused CPU kernels of the SNAC decoder's inference fast path (espnet_snac/model/kernels.py).
  *
  * Snake, x + sin(a x)^2 / (a + 1e-9), costs five passes over memory as separate torch ops (mul,
  * sin, square, mul, add); a residual unit then reads its output seven more times in the depthwise
