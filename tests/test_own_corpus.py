@@ -153,3 +153,11 @@ def test_run_sh_says_when_the_config_sets_the_step_count():
     assert quiet.returncode == loud.returncode == 0
     assert "no --num_iters" in loud.stderr and "Give --num_iters N" in loud.stderr
     assert "no --num_iters" not in quiet.stderr
+
+
+def test_readme_quick_start_is_the_tested_one():
+    """README's own-data journey shows the very command lines this module runs from docs/data.md."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [[l for l in b.splitlines() if l.strip() and not l.startswith("#")]
+              for b in re.findall(r"```bash\n(.*?)```", readme, flags=re.S)]
+    assert quick_start_blocks()[0] in blocks
