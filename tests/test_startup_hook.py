@@ -124,7 +124,8 @@ def test_wheel_root_holds_the_hook_and_record_lists_it(wheels, kind):
 
 
 OUR_TRAINER_KEYS = ("grad_clip_generator", "grad_clip_discriminator", "precision", "max_consecutive_nonfinite",
-                    "checkpoint_interval_iters", "checkpoint_interval_minutes", "augment_conf")
+                    "max_consecutive_unreadable", "checkpoint_interval_iters", "checkpoint_interval_minutes",
+                    "augment_conf")
 
 
 def test_our_trainer_keys_are_the_ones_stock_espnet_lacks():
