@@ -116,14 +116,14 @@ def espnet_init_param(spec: str, work_dir: Union[str, Path]) -> str:
         return str(spec)
     location = locate(spec)
     config, state = read(location)
-    from espnet_snac.io.atomic_files import atomic_torch_save
+    from espnet_snac.io.atomic_files import atomic_torch_save, atomic_write_text
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     out = work_dir / "init_generator.pth"
     state = {ESPNET_GENERATOR_PREFIX + k: v for k, v in generator_state(state).items()}
     atomic_torch_save(state, out)
-    (work_dir / "init_generator.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(work_dir / "init_generator.json", json.dumps(config, indent=2) + "\n")
     return str(out)
 
 
