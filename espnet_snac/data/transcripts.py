@@ -16,7 +16,7 @@ newlines included, is collapsed to single spaces; any Unicode script is kept as 
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, Optional
 
 #: Column names auto-detected as the transcript, in order of preference.
 TEXT_COLUMNS = ("text", "sentence", "transcript", "transcription", "normalized_text", "text_normalized")
@@ -57,12 +57,6 @@ def sidecar_transcript(audio_path: str) -> Optional[str]:
             with open(path, encoding="utf-8-sig", errors="replace") as fh:
                 return clean_transcript(fh.read())
     return None
-
-
-def sidecar_paths(audio_path: str) -> List[str]:
-    """Every sidecar name :func:`sidecar_transcript` tries for ``audio_path``."""
-    stem = os.path.splitext(audio_path)[0]
-    return [stem + suffix for suffix in SIDECAR_SUFFIXES]
 
 
 def is_ljspeech_metadata(path: str) -> bool:
