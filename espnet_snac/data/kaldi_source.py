@@ -16,7 +16,7 @@ from espnet_snac.data.audio_check import decode_item
 from espnet_snac.data.items import AudioPayload, Rejected, SourceItem
 from espnet_snac.data.source_base import Source, SourceError
 from espnet_snac.data.transcripts import clean_transcript
-from espnet_snac.io.scp import is_kaldi_entry, load_scp_audio, read_scp, read_segments
+from espnet_snac.io.scp import is_kaldi_entry, load_scp_audio, read_scp, read_segments, read_text
 
 
 def load_wav_scp_value(value: str, origin: str) -> AudioPayload:
@@ -110,14 +110,9 @@ class KaldiSource(Source):
 
 
 def _read_text(path: str) -> Dict[str, str]:
-    """Kaldi ``text``: ``utt transcript`` per line (the transcript may be empty or hold spaces)."""
+    """Kaldi ``text`` (:func:`espnet_snac.io.scp.read_text`) with one-line transcripts; utterances
+    without words are left out."""
     if not os.path.isfile(path):
         return {}
-    out: Dict[str, str] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            utt, _, text = line.strip().partition(" ")
-            cleaned = clean_transcript(text)
-            if utt and cleaned is not None:
-                out[utt] = cleaned
-    return out
+    cleaned = ((utt, clean_transcript(text)) for utt, text in read_text(path).items())
+    return {utt: text for utt, text in cleaned if text is not None}
