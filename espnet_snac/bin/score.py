@@ -38,8 +38,8 @@ from espnet_snac.io.audio_io import AudioError, resample, to_mono
 from espnet_snac.scoring.metrics import HIGHER_IS_BETTER, METRIC_NAMES, MetricError, compute_all
 from espnet_snac.io.scp import ScpError, load_scp_audio, read_scp
 
-TSV_COLUMNS = ("utt_id", "status", *METRIC_NAMES, "sample_rate", "num_samples", "length_diff", "error")
 VISQOL = "visqol"
+HISTOGRAM_NAME = "metrics_hist.png"
 
 
 def metric_names(visqol_mode: Optional[str]) -> Tuple[str, ...]:
@@ -48,8 +48,11 @@ def metric_names(visqol_mode: Optional[str]) -> Tuple[str, ...]:
 
 
 def tsv_columns(names: Sequence[str]) -> Tuple[str, ...]:
+    """The ``utt_results.tsv`` header for the metrics ``names``."""
     return ("utt_id", "status", *names, "sample_rate", "num_samples", "length_diff", "error")
-HISTOGRAM_NAME = "metrics_hist.png"
+
+
+TSV_COLUMNS = tsv_columns(METRIC_NAMES)
 
 
 def load_pair(utt: str, ref_value: str, hyp_value: str) -> Tuple[np.ndarray, np.ndarray, int, int]:
