@@ -12,7 +12,8 @@ reconstruction. Lower is better for the distances, higher is better for SI-SNR, 
 - ``pesq_wb``: PESQ wideband (ITU-T P.862.2) via the ``pesq`` package at 16 kHz, range 1.04..4.64.
 - ``stoi``: short-time objective intelligibility via ``pystoi`` at its native 10 kHz, range 0..1.
 
-ViSQOL is not computed: no maintained package providing it is part of this project's dependencies.
+ViSQOL is not among these: it is optional (``visqol-python``, :mod:`espnet_snac.scoring.visqol_metric`)
+and ``espnet_snac.bin.score`` adds it when installed.
 """
 from __future__ import annotations
 
