@@ -36,6 +36,7 @@ from espnet_snac.train.nonfinite import NonFiniteTrainingError
 from espnet_snac.train.preemption import TrainingPreempted
 from espnet_snac.train.samples import write_validation_samples
 from espnet_snac.train.step import PRECISIONS, GANStep, StepConfig, clear_cache, unwrap
+from espnet_snac.train.unreadable_audio import tolerant_dataset
 
 SAMPLES_DIR = "samples"
 MAX_SAMPLE_CLIPS = 4
@@ -174,7 +175,7 @@ class SNACGANTrainer(GANTrainer):
                         reporter=sub_reporter, summary_writer=writers.get("train"), options=opts,
                         distributed_option=distributed_option, skip_batches=skip,
                         rng_after_skip=resume["rng"] if skip else None, schedule=schedule, save=save_mid_epoch,
-                        unreadable=_tolerant_dataset(train_iter_factory),
+                        unreadable=tolerant_dataset(train_iter_factory),
                     )
                 except NonFiniteTrainingError as e:
                     last = output_dir / ckpt.LATEST
@@ -464,11 +465,6 @@ def _log_preempted(message: str, distributed_option: DistributedOption) -> None:
         print(f"[rank {distributed_option.dist_rank}] Training preempted {message}", file=sys.stderr, flush=True)
     else:
         logging.warning(f"Training preempted {message}")
-
-
-def _tolerant_dataset(iter_factory):
-    dataset = getattr(getattr(iter_factory, "per_sample_iter_factory", None), "dataset", None)
-    return dataset if hasattr(dataset, "max_consecutive") else None
 
 
 def _refuse_data_parallel(distributed_option: DistributedOption) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -86,6 +86,12 @@ class TolerantDataset:
             with self._consecutive.get_lock():
                 self._consecutive.value = 0
         return item
+
+
+def tolerant_dataset(factory) -> Optional[TolerantDataset]:
+    """The :class:`TolerantDataset` that :func:`wrap_iter_factory` put into ``factory``, else None."""
+    dataset = getattr(getattr(factory, "per_sample_iter_factory", None), "dataset", None)
+    return dataset if isinstance(dataset, TolerantDataset) else None
 
 
 def wrap_iter_factory(factory, max_consecutive: int, mode: str):
