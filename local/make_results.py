@@ -88,7 +88,10 @@ def codebook_use(decode_dir: Path, codebook_size: int):
         return None
     stats = CodebookStats(codebook_size)
     for path in read_scp(scp).values():
-        codes = np.load(path)
+        try:
+            codes = np.load(path)
+        except (OSError, ValueError, EOFError) as exc:  # missing, cut short, not an npy file
+            raise ValueError(f"{path} (listed in {scp}): cannot read the codes ({type(exc).__name__}: {exc})") from exc
         stats.add(codes.reshape(codes.shape[0], -1).T.astype(np.int64))  # (frames, 7)
     return collapse_verdict(stats.summary(), codebook_size)
 
@@ -285,7 +288,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f"make_results: scoring the reference points failed: {e}", file=sys.stderr)
         return 1
-    codebooks = {name: codebook_use(d.parent, meta["code_size_per_stream"][0]) for name, d in args.scoring_dir}
+    try:
+        codebooks = {name: codebook_use(d.parent, meta["code_size_per_stream"][0]) for name, d in args.scoring_dir}
+    except (OSError, ValueError) as e:  # a damaged codec.scp or code file of stage 5
+        print(f"make_results: reading the codes failed: {e}", file=sys.stderr)
+        return 1
     text = render(args.exp_dir, args.model_file, meta, args.scoring_dir, untrained, anchors, codebooks)
     atomic_write_text(args.output, text)
     for name, scoring_dir in args.scoring_dir:  # the collapse box on the console as well
