@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "segment_id/file/path if present, 'none' numbers the rows")
     g.add_argument("--text_column", help="column with the transcript; 'auto' (default) picks text/sentence/"
                    "transcript/transcription/normalized_text/text_normalized if present, 'none' reads no "
-                   "transcripts (folder sources: a metadata column; sidecar .txt/.lab files are read anyway)")
+                   "transcripts (folder sources: a metadata column; sidecar .txt/.lab files and an LJSpeech "
+                   "metadata.csv are read whatever the column, but not with 'none')")
     g.add_argument("--speaker_from_dir", action="store_true",
                    help="folder sources: use each file's parent directory name as its speaker")
     g.add_argument("--streaming", action="store_true", default=None,
