@@ -275,7 +275,9 @@ class SNACGANTrainer(GANTrainer):
         distributed = distributed_option is not None and distributed_option.distributed
         rank = distributed_option.dist_rank if distributed else 0
         world = distributed_option.dist_world_size if distributed else 1
-        rng = ckpt.rank_rng_state(state, rank, world)
+        # Only a mid-epoch resume restores the random state; an epoch's end has rank 0's alone (no
+        # warning about the other ranks' there).
+        rng = ckpt.rank_rng_state(state, rank, world) if t["batches"] else None
         return {"epoch": int(t["epoch"]), "batches": int(t["batches"]), "rng": rng, "trainer": t}
 
     @staticmethod
