@@ -13,7 +13,8 @@ fresh memory whose first write page-faults. This path walks the same modules and
 - residual sums in place (``y += x``, bit-identical to ``x + y``).
 
 Encoder outputs, hence codes, are bit-identical to the plain modules: its convolutions are the plain
-``F.conv1d`` calls, or kernels proven to round like them (:mod:`espnet_snac.model.kernels`), because any
+``F.conv1d`` calls, or kernels proven to round like them (:mod:`espnet_snac.model.kernels`: depthwise,
+Snake, and kernel-1 convolutions of one utterance with the residual sum fused), because any
 other algorithm rounds differently, and about one code in 10^4 sits within 1e-6 of a tie (README,
 "Speed"). The decoder additionally runs kernel-1 convolutions (also the NoiseBlocks' projection)
 as GEMMs, each residual unit's last one accumulated straight into the unit's input; transposed
@@ -261,6 +262,10 @@ class FastPath:
             y = kernels.exact_depthwise(x, weight, conv.bias, conv.dilation[0], out)
             if y is not None:
                 return y
+        if self.exact and is_pointwise(conv):
+            y = self.exact_pointwise(conv, x)
+            if y is not None:
+                return y
         if not self.exact and conv.stride[0] == 1:
             b, _, t = x.shape
             if is_pointwise(conv):
@@ -268,6 +273,23 @@ class FastPath:
             if is_same_depthwise(conv) and x.device.type == "cpu":  # cuDNN has a one-kernel depthwise conv
                 return depthwise(x, self.weights.get(conv), conv.bias, conv.dilation[0], out=self.ws.empty(x.shape, x))
         return F.conv1d(x, self.weights.get(conv), conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def exact_pointwise(self, conv: nn.Conv1d, x: torch.Tensor,
+                        residual: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Kernel-1 ``conv(x)`` (plus ``residual``) bit for bit like ``F.conv1d`` (then ``+ residual``),
+        through the fused kernel into a reused buffer where it reproduces ``F.conv1d`` for this shape
+        (:class:`espnet_snac.model.kernels.ExactPointwise`); None for shapes it does not take.
+        ``x``'s tail is zeroed first."""
+        weight = self.weights.get(conv)
+        if not (self.native and kernels.exact_pointwise.takes(x, weight)):
+            return None
+        if self.lengths is not None:
+            self._zero_tail(x)
+        decided, bias_first = kernels.exact_pointwise.known(x, weight, conv.bias)
+        if decided and bias_first is None:
+            return None
+        out = self.ws.empty((1, conv.out_channels, x.shape[-1]), x)
+        return kernels.exact_pointwise(x, weight, conv.bias, out, residual)
 
     def _zero_tail(self, x: torch.Tensor) -> None:
         """Zero, in place, the steps of a conv input ``x (B, C, T)`` past each row's valid length."""
@@ -289,6 +311,10 @@ class FastPath:
             for row in range(x.shape[0]):  # addmm_ per row: baddbmm_ would copy the expanded weight
                 x[row].addmm_(weight, y[row])
             return x if conv2.bias is None else x.add_(conv2.bias[:, None])
+        if self.exact and y.shape == x.shape and is_pointwise(conv2):
+            out = self.exact_pointwise(conv2, y, residual=x)  # conv2(y) + x, the sum fused
+            if out is not None:
+                return out
         y = self.conv(conv2, y)
         trim = (x.shape[-1] - y.shape[-1]) // 2
         if trim > 0:

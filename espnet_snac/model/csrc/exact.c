@@ -124,3 +124,73 @@ int snake_depthwise_exact_f32(vsin_fn vsin, const float *x, int64_t x_stride, fl
     }
     return 0;
 }
+
+/* Kernel-1 convolution (a matrix product over channels) of one row x (C_in, T), channel c at
+ * x + c * x_stride, into out (C_out, T), channel c at out + c * out_stride, rounded like oneDNN's
+ * 1x1 kernel: every output is one chain of fused multiply-adds over the input channels in order,
+ * started from the bias (bias_first) or from zero with the bias added after the chain; then, if
+ * residual is given, plus residual[c, t] (the residual unit's sum, y + x, one more rounding: the
+ * same value as torch's separate add_). The caller checks per layer shape that this reproduces
+ * F.conv1d bit for bit (kernels.ExactPointwise). Blocked as 8 output channels x 48 samples of
+ * accumulators held in registers; threads split the samples. Returns -1 for a C_out that is not
+ * a multiple of 8 (then the caller uses F.conv1d). */
+#define PW_CO 8
+#define PW_T 48
+int pointwise_exact_f32(const float *x, int64_t x_stride, float *out, int64_t out_stride,
+                        const float *residual, int64_t res_stride, const float *weight, const float *bias,
+                        int64_t c_in, int64_t c_out, int64_t T, int bias_first, int nthreads)
+{
+    if (c_out % PW_CO)
+        return -1;
+    const int64_t chunks = (T + PW_T - 1) / PW_T;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t ch = 0; ch < chunks; ch++) {
+        const int64_t t0 = ch * PW_T;
+        const int64_t n = T - t0 < PW_T ? T - t0 : PW_T;
+        for (int64_t co0 = 0; co0 < c_out; co0 += PW_CO) {
+            float acc[PW_CO][PW_T];
+            for (int j = 0; j < PW_CO; j++) {
+                const float s = (bias_first && bias) ? bias[co0 + j] : 0.0f;
+                for (int i = 0; i < PW_T; i++)
+                    acc[j][i] = s;
+            }
+            const float *w = weight + co0 * c_in;
+            if (n == PW_T) {
+                for (int64_t ci = 0; ci < c_in; ci++) {
+                    const float *xr = x + ci * x_stride + t0;
+                    for (int j = 0; j < PW_CO; j++) {
+                        const float wj = w[j * c_in + ci];
+#pragma omp simd
+                        for (int i = 0; i < PW_T; i++)
+                            acc[j][i] = fmaf(xr[i], wj, acc[j][i]);
+                    }
+                }
+            } else {
+                for (int64_t ci = 0; ci < c_in; ci++) {
+                    const float *xr = x + ci * x_stride + t0;
+                    for (int j = 0; j < PW_CO; j++) {
+                        const float wj = w[j * c_in + ci];
+                        for (int64_t i = 0; i < n; i++)
+                            acc[j][i] = fmaf(xr[i], wj, acc[j][i]);
+                    }
+                }
+            }
+            for (int j = 0; j < PW_CO; j++) {
+                const int64_t co = co0 + j;
+                float *o = out + co * out_stride + t0;
+                const float b = (!bias_first && bias) ? bias[co] : 0.0f;
+                const int add_b = !bias_first && bias;
+                const float *res = residual ? residual + co * res_stride + t0 : 0;
+                for (int64_t i = 0; i < n; i++) {
+                    float v = acc[j][i];
+                    if (add_b)
+                        v = v + b;
+                    if (res)
+                        v = v + res[i];
+                    o[i] = v;
+                }
+            }
+        }
+    }
+    return 0;
+}
