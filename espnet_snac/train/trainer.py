@@ -351,7 +351,10 @@ class SNACGANTrainer(GANTrainer):
         device = step.device
         log_interval = options.log_interval or 100
         model.train()
-        all_steps_are_invalid = True
+        # Batches skipped on resume were trained (and checkpointed healthy) before the interruption: an
+        # epoch resumed after its last batch must not look like one whose steps were all invalid,
+        # which would stop the whole training at this epoch.
+        all_steps_are_invalid = skip_batches == 0
         stop = torch.zeros(())  # a CPU flag on the control group: no GPU synchronisation
         iterator = iter(iterator)
         for _ in range(skip_batches):

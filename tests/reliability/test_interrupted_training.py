@@ -91,6 +91,35 @@ def test_sigkill_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, caplog)
                  torch.load(exp / "2epoch.pth", weights_only=True), "2epoch.pth")
 
 
+def test_preempted_after_an_epochs_last_batch_resumes_into_the_next_epoch(tmp_path, monkeypatch):
+    """A stop right after the last batch of epoch 1 (preemption, or a kill before the epoch's own
+    checkpoint) resumes with every batch of that epoch skipped; the run must go on to epoch 2 and end
+    where an uninterrupted run ends, not stop as if all steps of epoch 1 had been invalid."""
+    from espnet_snac.bin.gan_codec_train import main
+    from espnet_snac.train import preemption
+
+    data = write_corpus(tmp_path / "data", n_train=N_TRAIN, chunks_per_utt=CHUNKS)
+    reference = tmp_path / "reference"
+    main(_args(data, reference))
+
+    per_epoch = N_TRAIN * CHUNKS // BATCH
+    calls = []  # the trainer asks once per iteration: stop after the epoch's last one
+    monkeypatch.setattr(preemption, "requested", lambda: calls.append(1) or len(calls) == per_epoch)
+    exp = tmp_path / "preempted"
+    with pytest.raises(SystemExit) as stopped:
+        main(_args(data, exp))
+    assert stopped.value.code == preemption.EXIT_PREEMPTED
+    assert _trainer_state(exp / "checkpoint.pth")["batches"] == per_epoch
+    monkeypatch.undo()
+
+    main(_args(data, exp))
+    ref = torch.load(reference / "checkpoint.pth", weights_only=True)
+    got = torch.load(exp / "checkpoint.pth", weights_only=True)
+    assert got["trainer"]["iteration"] == 2 * per_epoch
+    for key in ("model", "optimizers", "schedulers", "trainer"):
+        _assert_same(ref[key], got[key], key)
+
+
 def test_checkpoint_write_is_atomic_and_follows_umask(tmp_path, monkeypatch):
     from espnet_snac.train import checkpointing as ckpt
 
