@@ -3,7 +3,6 @@ live in ordinary modules (``speech_samples``, ``tiny_training``), never here: a 
 importable as a module when pytest runs from the repository root."""
 from __future__ import annotations
 
-import os
 from typing import Iterator, List
 
 import numpy as np
@@ -13,11 +12,6 @@ import torch
 import global_state
 import skip_accounting
 from speech_samples import load_speech
-
-# numba's default OpenMP layer (GNU) aborts a forked child that runs parallel code after its parent
-# did ("fork() called from a process already using GNU OpenMP"); tests run many tools in one process
-# and then fork worker pools (score --nj), so they use numba's fork-safe layer.
-os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-pytest.importorskip("visqol")
+from espnet_snac.scoring import visqol_metric
 
-from espnet_snac.scoring import visqol_metric  # noqa: E402
+# not pytest.importorskip("visqol"): a plain import leaves NUMBA_THREADING_LAYER set for the whole run
+if not visqol_metric.available():
+    pytest.skip("could not import 'visqol' (pip install 'espnet-snac[visqol]')", allow_module_level=True)
+
 from espnet_snac.bin import score  # noqa: E402
 from espnet_snac.scoring.metrics import MetricError  # noqa: E402
 from speech_samples import load_speech  # noqa: E402
@@ -81,3 +84,72 @@ def test_score_cli_reports_visqol(utts, tmp_path):
     assert "| visqol | higher |" in md and "ViSQOL: visqol-python, audio mode" in md
     assert score.main(args + ["--output_dir", str(tmp_path / "off"), "--visqol", "false"]) == 0
     assert "visqol" not in json.loads((tmp_path / "off" / "results.json").read_text())
+
+
+# The scorer in a fresh interpreter whose own thread first runs numba parallel code (numba's OpenMP
+# layer where it exists, as librosa/ViSQOL code paths do in a long program), then scores with --nj 2:
+# forked workers that run ViSQOL's parallel code then abort ("fork() called from a process already
+# using GNU OpenMP") and the pool breaks.
+_PARENT_USED_NUMBA = """
+import json, sys
+import numba
+import numpy as np
+
+
+@numba.njit(parallel=True)
+def total(x):
+    s = 0.0
+    for i in numba.prange(x.size):
+        s += x[i]
+    return s
+
+
+if __name__ == "__main__":  # the worker pool's start-up may import this file again
+    assert total(np.ones(1000)) == 1000.0
+    from espnet_snac.bin import score
+    rc = score.main(sys.argv[1:])
+    print(json.dumps({"layer": numba.threading_layer(), "rc": rc}))
+"""
+
+
+def test_parallel_scoring_after_the_parent_ran_numba_parallel_code(utts, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    pairs = {"noisy": (utts[1], with_noise(utts[1], 5.0)), "same": (utts[0], utts[0])}
+    ref_lines, hyp_lines = [], []
+    for utt, (ref, hyp) in pairs.items():
+        sf.write(tmp_path / f"{utt}_ref.wav", ref, SR)
+        sf.write(tmp_path / f"{utt}_hyp.wav", hyp, SR)
+        ref_lines.append(f"{utt} {tmp_path / f'{utt}_ref.wav'}")
+        hyp_lines.append(f"{utt} {tmp_path / f'{utt}_hyp.wav'}")
+    sf.write(tmp_path / "broken_ref.wav", utts[0], SR)
+    (tmp_path / "broken_hyp.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    ref_lines.append(f"broken {tmp_path / 'broken_ref.wav'}")
+    hyp_lines.append(f"broken {tmp_path / 'broken_hyp.wav'}")
+    (tmp_path / "ref.scp").write_text("\n".join(ref_lines) + "\n")
+    (tmp_path / "hyp.scp").write_text("\n".join(hyp_lines) + "\n")
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT_USED_NUMBA)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}  # numba's default layer
+    args = ["--ref_scp", str(tmp_path / "ref.scp"), "--hyp_scp", str(tmp_path / "hyp.scp"), "--visqol", "true"]
+    proc = subprocess.run([sys.executable, str(script), *args, "--output_dir", str(tmp_path / "nj2"), "--nj", "2"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fork() called" not in proc.stderr
+    print("numba threading layer of the parent:", json.loads(proc.stdout.splitlines()[-1])["layer"])
+
+    # the same rows, in input order, as scoring in this process one by one; the failure names the file
+    rows = {r["utt_id"]: r for r in score.score_all(score.build_jobs(score.read_scp(str(tmp_path / "ref.scp")),
+                                                                     score.read_scp(str(tmp_path / "hyp.scp"))),
+                                                    nj=1, visqol_mode="audio")}
+    header, *lines = [line.split("\t") for line in (tmp_path / "nj2" / "utt_results.tsv").read_text().splitlines()]
+    table = [dict(zip(header, line)) for line in lines]
+    assert [r["utt_id"] for r in table] == ["noisy", "same", "broken"]
+    assert [r["status"] for r in table] == ["ok", "ok", "failed"]
+    assert f"broken [hyp] ({tmp_path / 'broken_hyp.wav'}): cannot decode" in table[2]["error"]
+    assert table[2]["error"] == rows["broken"]["error"]
+    for r in table[:2]:
+        for name in score.metric_names("audio"):
+            assert float(r[name]) == pytest.approx(rows[r["utt_id"]][name], rel=1e-4, abs=1e-4), (r["utt_id"], name)

@@ -26,6 +26,7 @@ import argparse
 import functools
 import json
 import math
+import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -100,12 +101,23 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def pool_context() -> multiprocessing.context.BaseContext:
+    """The start method of the ``--nj`` workers: never a plain fork of the calling process. A process
+    that has already run numba's parallel code under its GNU OpenMP layer (ViSQOL, or whatever the
+    program that calls :func:`score_all` did before) aborts every forked child that runs such code
+    again ("fork() called from a process already using GNU OpenMP"); a forkserver forks from a clean
+    process instead (spawn where forkserver does not exist)."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method)
+
+
 def score_all(jobs: Sequence[Tuple[str, Optional[str], Optional[str]]], nj: int,
               visqol_mode: Optional[str] = None) -> List[Dict]:
+    """One row per job, in the order of ``jobs`` (``nj`` > 1: in worker processes)."""
     one = functools.partial(score_one, visqol_mode=visqol_mode)
     if nj <= 1 or len(jobs) <= 1:
         return [one(job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=nj, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(max_workers=nj, mp_context=pool_context(), initializer=_init_worker) as pool:
         return list(pool.map(one, jobs, chunksize=max(1, len(jobs) // (4 * nj))))
 
 
