@@ -11,7 +11,8 @@ With ``--untrained NAME=WAV_SCP`` it also scores, on the same sets, the model th
 eval mode with decoder-noise seed 0) and writes it as a second table: what training added. With
 ``--anchors NAME=WAV_SCP`` a third table scores the set's own speech degraded in known ways
 (``espnet_snac.scoring.anchors``: white noise at 20 and 10 dB SNR, a 2 kHz low-pass, random phase), so the
-numbers above have reference points.
+numbers above have reference points. Both extra tables get ViSQOL in the mode the test sets were
+scored with (``visqol_mode`` in their results.json), so that every row of RESULTS.md compares.
 
 Usage:
     python local/make_results.py --exp_dir exp/codec_x --model_file exp/codec_x/latest.pth \
@@ -42,7 +43,7 @@ METRICS: List[Tuple[str, str, str]] = [
     ("si_snr", "SI-SNR (dB) ↑", "{:.2f}"),
     ("pesq_wb", "PESQ-WB ↑", "{:.3f}"),
     ("stoi", "STOI ↑", "{:.3f}"),
-    # MOS-LQO, audio mode at 48 kHz (espnet_snac.scoring.visqol_metric); scored sets only, n/a without visqol-python
+    # MOS-LQO in the mode of the scored sets (espnet_snac.scoring.visqol_metric); n/a without visqol-python
     ("visqol", "ViSQOL ↑", "{:.2f}"),
 ]
 
@@ -106,9 +107,43 @@ def _fmt(value, pattern: str) -> str:
     return pattern.format(value) if math.isfinite(value) else "nan"
 
 
-def score_untrained(config: Path, sets: Mapping[str, Mapping[str, "np.ndarray"]]) -> Dict[str, Dict]:
+def read_results(path: Path) -> Dict:
+    """One ``results.json`` of ``espnet_snac.bin.score``; ``ValueError`` naming the file when it is not one."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a results.json of espnet_snac.bin.score ({exc})") from exc
+    if not isinstance(results, dict):
+        raise ValueError(f"{path}: not a results.json of espnet_snac.bin.score (a JSON object expected)")
+    return results
+
+
+def scored_visqol_mode(sets: Sequence[Tuple[str, Path]]) -> Optional[str]:
+    """The ViSQOL mode the test sets were scored with (``None``: without ViSQOL). The untrained-model
+    and reference-point tables use it too, so that their ViSQOL column compares with the first table's."""
+    from espnet_snac.scoring.visqol_metric import MODE_RATES, available
+
+    for _, scoring_dir in sets:
+        path = scoring_dir / "results.json"
+        results = read_results(path)
+        if results.get("visqol") is None:
+            continue
+        # results.json of an older espnet_snac.bin.score has no visqol_mode; its setting line names the mode
+        mode = results.get("visqol_mode") or ("speech" if "speech mode" in str(results.get("visqol_setting")) else "audio")
+        if mode not in MODE_RATES:
+            raise ValueError(f"{path}: unknown visqol_mode {mode!r} (one of {sorted(MODE_RATES)})")
+        if not available():
+            print(f"make_results: {path} has ViSQOL but visqol-python is not installed here: the untrained-model "
+                  "and reference-point tables show n/a for it", file=sys.stderr)
+            return None
+        return mode
+    return None
+
+
+def score_untrained(config: Path, sets: Mapping[str, Mapping[str, "np.ndarray"]],
+                    visqol_mode: Optional[str] = None) -> Dict[str, Dict]:
     """``{set: {"num_utts", "num_failed", <metric>: mean}}`` of the untrained model on each set's
-    utterances (mono at the model rate)."""
+    utterances (mono at the model rate); ``visqol_mode`` adds ViSQOL."""
     import torch
 
     from espnet_snac.scoring.metrics import mean_scores
@@ -128,7 +163,7 @@ def score_untrained(config: Path, sets: Mapping[str, Mapping[str, "np.ndarray"]]
             print(f"make_results: untrained model, {name}/{utt}: {exc}", file=sys.stderr)
 
         out[name] = mean_scores(((utt, x, reconstruct(x)) for utt, x in utts.items()),
-                                training.sample_rate, on_error=report)
+                                training.sample_rate, on_error=report, visqol_mode=visqol_mode)
     return out
 
 
@@ -199,14 +234,15 @@ def render(
     ]
     visqol_setting = None
     for name, scoring_dir in sets:
-        results = json.loads((scoring_dir / "results.json").read_text(encoding="utf-8"))
+        results = read_results(scoring_dir / "results.json")
         cells = [name, str(results.get("num_utts", "n/a")), str(results.get("num_failed", "n/a"))]
         cells += [_fmt(results.get(key), pattern) for key, _, pattern in METRICS]
         cells.append(f"{bps / 1000:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
         visqol_setting = results.get("visqol_setting") or visqol_setting
     if visqol_setting:
-        lines += ["", f"ViSQOL: {visqol_setting} (MOS-LQO 1-5; identical signals score about 4.73 in audio mode)."]
+        lines += ["", f"ViSQOL: {visqol_setting} (MOS-LQO 1-5; identical signals score about 4.73 in audio mode), "
+                      "the same setting in every table."]
     if untrained:
         lines += [
             "",
@@ -275,15 +311,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1
     from espnet_snac.scoring.anchors import score_anchors
 
+    try:
+        visqol_mode = scored_visqol_mode(args.scoring_dir)
+    except (OSError, ValueError) as e:
+        print(f"make_results: {e}", file=sys.stderr)
+        return 1
     meta = codec_meta(args.model_file)
     audio: Dict[Path, Dict] = {}
     try:
-        untrained = score_untrained(config, load_sets(args.untrained, meta["fs"], audio)) if args.untrained else None
+        untrained = (score_untrained(config, load_sets(args.untrained, meta["fs"], audio), visqol_mode)
+                     if args.untrained else None)
     except (OSError, ValueError) as e:  # unreadable audio or list, a config the task rejects
         print(f"make_results: scoring the untrained model failed: {e}", file=sys.stderr)
         return 1
     try:
-        anchors = ({name: score_anchors(utts, meta["fs"]) for name, utts in load_sets(args.anchors, meta["fs"], audio).items()}
+        anchors = ({name: score_anchors(utts, meta["fs"], visqol_mode)
+                    for name, utts in load_sets(args.anchors, meta["fs"], audio).items()}
                    if args.anchors else None)
     except (OSError, ValueError) as e:
         print(f"make_results: scoring the reference points failed: {e}", file=sys.stderr)

@@ -160,7 +160,7 @@ def test_score_cli_writes_all_reports_and_counts_failures(scoring_setup):
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     # ViSQOL's keys come with visqol-python (tests/test_visqol.py)
-    assert set(results) - {"visqol", "visqol_setting"} == {"mel_distance", "stft_distance", "si_snr", "pesq_wb",
+    assert set(results) - {"visqol", "visqol_setting", "visqol_mode"} == {"mel_distance", "stft_distance", "si_snr", "pesq_wb",
                                                             "stoi", "num_utts", "num_failed"}
     assert results["num_utts"] == 6 and results["num_failed"] == 3
     rows = {r["utt_id"]: r for r in _read_tsv(out / "utt_results.tsv")}

@@ -153,3 +153,79 @@ def test_parallel_scoring_after_the_parent_ran_numba_parallel_code(utts, tmp_pat
     for r in table[:2]:
         for name in score.metric_names("audio"):
             assert float(r[name]) == pytest.approx(rows[r["utt_id"]][name], rel=1e-4, abs=1e-4), (r["utt_id"], name)
+
+
+def test_mean_scores_and_reference_points_report_visqol(utts):
+    from espnet_snac.scoring.anchors import ANCHORS, score_anchors
+    from espnet_snac.scoring.metrics import mean_scores
+
+    identity = mean_scores([(f"u{i}", x, x.copy()) for i, x in enumerate(utts)], SR, visqol_mode="audio")
+    assert identity["num_failed"] == 0 and identity["visqol"] > 4.7  # the top of audio mode's scale
+    anchors = score_anchors({f"u{i}": x for i, x in enumerate(utts)}, SR, visqol_mode="audio")
+    assert set(anchors) == set(ANCHORS)
+    for name, row in anchors.items():
+        assert row["num_failed"] == 0 and 1.0 <= row["visqol"] < identity["visqol"], (name, row)
+    assert anchors["noise_20db"]["visqol"] > anchors["noise_10db"]["visqol"]
+    assert "visqol" not in mean_scores([("u0", utts[0], utts[0])], SR)  # without a mode, as before
+
+
+def _results_rows(text: str, heading: str) -> list:
+    section = text.split(heading)[1].split("\n## ")[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| test |")]
+
+
+def test_results_md_reports_visqol_in_every_scored_table(utts, tmp_path):
+    """local/make_results.py: the untrained-model and reference-point rows get ViSQOL in the mode of the
+    test set's results.json (they showed n/a)."""
+    import importlib.util
+
+    import torch
+    import yaml
+
+    from espnet_snac.train.curve import build_training
+    from speech_samples import REPO
+
+    spec = importlib.util.spec_from_file_location("make_results", REPO / "local" / "make_results.py")
+    make_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_results)
+    tiny = REPO / "conf" / "tuning" / "train_snac24k_tiny.yaml"
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    conf = yaml.safe_load(tiny.read_text())
+    conf.update(required=["output_dir"], version="202511", distributed=False, config=str(tiny))
+    (exp / "config.yaml").write_text(yaml.safe_dump(conf))
+    torch.save(build_training(tiny).model.state_dict(), exp / "latest.pth")
+    lines = []
+    for i, x in enumerate(utts):
+        sf.write(tmp_path / f"u{i}.wav", x, SR)
+        lines.append(f"u{i} {tmp_path / f'u{i}.wav'}")
+    (tmp_path / "wav.scp").write_text("\n".join(lines) + "\n")
+    scoring = tmp_path / "scoring"
+    scoring.mkdir()
+    results = {"num_utts": 2, "num_failed": 0, "mel_distance": 1.5, "stft_distance": 1.0, "si_snr": 3.0,
+               "pesq_wb": 2.5, "stoi": 0.9, "visqol": 3.25, "visqol_mode": "audio",
+               "visqol_setting": visqol_metric.describe("audio")[1]}
+    (scoring / "results.json").write_text(json.dumps(results))
+    scp = tmp_path / "wav.scp"
+    rc = make_results.main(["--exp_dir", str(exp), "--model_file", str(exp / "latest.pth"),
+                            "--scoring_dir", f"test={scoring}", "--untrained", f"test={scp}",
+                            "--anchors", f"test={scp}", "--output", str(exp / "RESULTS.md")])
+    assert rc == 0
+    text = (exp / "RESULTS.md").read_text()
+    title_index = [title for _, title, _ in make_results.METRICS].index("ViSQOL ↑")
+    (scored,) = _results_rows(text, "## Reconstruction metrics")
+    assert scored[3 + title_index] == "3.25"
+    (untrained,) = _results_rows(text, "## The same sets with the untrained model")
+    assert untrained[2] == "0" and 1.0 <= float(untrained[3 + title_index]) < 3.0  # nothing reconstructed yet
+    anchors = {row[1]: row for row in _results_rows(text, "## Reference points")}
+    assert len(anchors) == 4
+    for row in anchors.values():
+        assert row[2] == "0" and 1.0 <= float(row[3 + title_index]) < 4.73, row
+    assert (float(anchors["white noise added at 20 dB SNR"][3 + title_index])
+            > float(anchors["white noise added at 10 dB SNR"][3 + title_index]))
+
+    # a results.json that is not one is refused, naming the file
+    (scoring / "results.json").write_text("{broken")
+    assert make_results.main(["--exp_dir", str(exp), "--model_file", str(exp / "latest.pth"),
+                              "--scoring_dir", f"test={scoring}", "--output", str(exp / "RESULTS.md")]) == 1

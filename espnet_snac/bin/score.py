@@ -16,7 +16,7 @@ Outputs in ``--output_dir``:
   * ``results.json``: averages over scored utterances under ``mel_distance``, ``stft_distance``,
     ``si_snr``, ``pesq_wb``, ``stoi`` and ``visqol`` (MOS-LQO, when visqol-python is installed; audio
     mode at 48 kHz by default, see :mod:`espnet_snac.scoring.visqol_metric`) (null when nothing was scored),
-    plus ``num_utts``, ``num_failed`` and ``visqol_setting``;
+    plus ``num_utts``, ``num_failed``, ``visqol_setting`` and ``visqol_mode``;
   * ``results.md``: a Markdown table (mean, std, min, max per metric) and the failed utterances;
   * ``plots/spec_<utt>.png`` / ``plots/metrics_hist.png`` when asked for (needs matplotlib).
 """
@@ -36,16 +36,10 @@ import numpy as np
 
 from espnet_snac.io.atomic_files import atomic_open, atomic_write_text
 from espnet_snac.io.audio_io import AudioError, resample, to_mono
-from espnet_snac.scoring.metrics import HIGHER_IS_BETTER, METRIC_NAMES, MetricError, compute_all
+from espnet_snac.scoring.metrics import HIGHER_IS_BETTER, METRIC_NAMES, MetricError, compute_all, metric_names
 from espnet_snac.io.scp import ScpError, load_scp_audio, read_scp
 
-VISQOL = "visqol"
 HISTOGRAM_NAME = "metrics_hist.png"
-
-
-def metric_names(visqol_mode: Optional[str]) -> Tuple[str, ...]:
-    """The metrics of a run: the core ones, plus ViSQOL when it is on."""
-    return METRIC_NAMES + ((VISQOL,) if visqol_mode else ())
 
 
 def tsv_columns(names: Sequence[str]) -> Tuple[str, ...]:
@@ -82,11 +76,7 @@ def score_one(job: Tuple[str, Optional[str], Optional[str]], visqol_mode: Option
     try:
         ref, hyp, rate, diff = load_pair(utt, ref_value, hyp_value)
         row.update(sample_rate=rate, num_samples=int(ref.size), length_diff=diff)
-        row.update(compute_all(ref, hyp, rate))
-        if visqol_mode:
-            from espnet_snac.scoring.visqol_metric import visqol
-
-            row[VISQOL] = visqol(ref, hyp, rate, mode=visqol_mode)
+        row.update(compute_all(ref, hyp, rate, visqol_mode))
         row["status"] = "ok"
     except (AudioError, MetricError) as exc:
         row["error"] = str(exc)
@@ -314,6 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from espnet_snac.scoring.visqol_metric import describe
 
         results["visqol_setting"] = describe(visqol_mode)[1]
+        results["visqol_mode"] = visqol_mode  # local/make_results.py scores its extra tables the same way
         note = f"ViSQOL: {results['visqol_setting']} (MOS-LQO, 1-5)."
     write_tsv(out / "utt_results.tsv", rows, tsv_columns(names))
     write_markdown(out / "results.md", results, stats, rows, args.ref_scp, args.hyp_scp, names, note)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Callable, Dict, Mapping
+from typing import Callable, Dict, Mapping, Optional
 
 import numpy as np
 import torch
@@ -61,9 +61,12 @@ def degrade(x: np.ndarray, rate: int, name: str, utt: str = "") -> np.ndarray:
     return _MAKERS[name](np.asarray(x), rate, _rng(utt, name)).astype(np.float32)
 
 
-def score_anchors(utts: Mapping[str, np.ndarray], rate: int) -> Dict[str, Dict[str, object]]:
-    """``{anchor: {metric: mean, "num_utts": n, "num_failed": k}}`` (:func:`espnet_snac.scoring.metrics.mean_scores`)."""
+def score_anchors(utts: Mapping[str, np.ndarray], rate: int,
+                  visqol_mode: Optional[str] = None) -> Dict[str, Dict[str, object]]:
+    """``{anchor: {metric: mean, "num_utts": n, "num_failed": k}}`` (:func:`espnet_snac.scoring.metrics.mean_scores`;
+    ``visqol_mode`` adds ViSQOL)."""
     from espnet_snac.scoring.metrics import mean_scores
 
-    return {name: mean_scores(((utt, x, degrade(x, rate, name, utt)) for utt, x in utts.items()), rate)
+    return {name: mean_scores(((utt, x, degrade(x, rate, name, utt)) for utt, x in utts.items()), rate,
+                              visqol_mode=visqol_mode)
             for name in ANCHORS}

@@ -12,8 +12,9 @@ reconstruction. Lower is better for the distances, higher is better for SI-SNR, 
 - ``pesq_wb``: PESQ wideband (ITU-T P.862.2) via the ``pesq`` package at 16 kHz, range 1.04..4.64.
 - ``stoi``: short-time objective intelligibility via ``pystoi`` at its native 10 kHz, range 0..1.
 
-ViSQOL is not among these: it is optional (``visqol-python``, :mod:`espnet_snac.scoring.visqol_metric`)
-and ``espnet_snac.bin.score`` adds it when installed.
+ViSQOL is optional (``visqol-python``, :mod:`espnet_snac.scoring.visqol_metric`): :func:`compute_all`
+and :func:`mean_scores` add ``visqol`` when given a ViSQOL mode; ``espnet_snac.bin.score`` and
+``local/make_results.py`` pass one when it is installed.
 """
 from __future__ import annotations
 
@@ -188,12 +189,20 @@ HIGHER_IS_BETTER: Dict[str, bool] = {
     "si_snr": True,
     "pesq_wb": True,
     "stoi": True,
-    "visqol": True,  # optional (espnet_snac.scoring.visqol_metric): bin.score adds it when visqol-python is installed
+    "visqol": True,  # optional (espnet_snac.scoring.visqol_metric): with a ViSQOL mode only
 }
 
+VISQOL = "visqol"
 
-def compute_all(ref: Signal, hyp: Signal, sample_rate: int) -> Dict[str, float]:
-    """All metrics for one utterance; raises ``MetricError`` naming the metric that failed."""
+
+def metric_names(visqol_mode: Optional[str] = None) -> Tuple[str, ...]:
+    """The metrics of a run: :data:`METRIC_NAMES`, plus ``visqol`` when a ViSQOL mode is given."""
+    return METRIC_NAMES + ((VISQOL,) if visqol_mode else ())
+
+
+def compute_all(ref: Signal, hyp: Signal, sample_rate: int, visqol_mode: Optional[str] = None) -> Dict[str, float]:
+    """All metrics for one utterance; raises ``MetricError`` naming the metric that failed.
+    ``visqol_mode`` (``"audio"``/``"speech"``) adds ViSQOL's MOS-LQO under ``visqol``."""
     funcs: Dict[str, Callable[[], float]] = {
         "mel_distance": lambda: mel_distance(ref, hyp, sample_rate),
         "stft_distance": lambda: stft_distance(ref, hyp),
@@ -210,26 +219,33 @@ def compute_all(ref: Signal, hyp: Signal, sample_rate: int) -> Dict[str, float]:
         if not math.isfinite(value):
             raise MetricError(f"{name}: non-finite value {value}")
         out[name] = value
+    if visqol_mode:
+        from espnet_snac.scoring.visqol_metric import visqol  # its errors already say "ViSQOL: ..."
+
+        out[VISQOL] = visqol(ref, hyp, sample_rate, mode=visqol_mode)
     return out
 
 
 def mean_scores(pairs: Iterable[Tuple[str, Signal, Signal]], sample_rate: int,
-                on_error: Optional[Callable[[str, MetricError], None]] = None) -> Dict[str, object]:
+                on_error: Optional[Callable[[str, MetricError], None]] = None,
+                visqol_mode: Optional[str] = None) -> Dict[str, object]:
     """:func:`compute_all` over ``(utt, ref, hyp)`` pairs: ``{metric: mean (None if every pair
     failed), "num_utts": n, "num_failed": k}``; a pair whose metrics fail is counted (and passed to
-    ``on_error``), not averaged. ``pairs`` may be a generator (one reconstruction in memory)."""
-    values: Dict[str, list] = {name: [] for name in METRIC_NAMES}
+    ``on_error``), not averaged. ``pairs`` may be a generator (one reconstruction in memory).
+    ``visqol_mode`` adds ``visqol`` as in :func:`compute_all`."""
+    names = metric_names(visqol_mode)
+    values: Dict[str, list] = {name: [] for name in names}
     total = failed = 0
     for utt, ref, hyp in pairs:
         total += 1
         try:
-            scores = compute_all(ref, hyp, sample_rate)
+            scores = compute_all(ref, hyp, sample_rate, visqol_mode)
         except MetricError as exc:
             failed += 1
             if on_error is not None:
                 on_error(utt, exc)
             continue
-        for name in METRIC_NAMES:
+        for name in names:
             values[name].append(scores[name])
     out: Dict[str, object] = {name: float(np.mean(v)) if v else None for name, v in values.items()}
     out.update(num_utts=total, num_failed=failed)
