@@ -14,7 +14,6 @@ espnet2 is never imported here.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -70,18 +69,14 @@ def _sync(device) -> None:
 
 
 # ---------------------------------------------------------------------------------------- stats
-def code_bitrate(model) -> float:
-    """Bits per second of codes: sum over levels of (codes/s) x bits per code."""
-    bits = math.ceil(math.log2(model.codebook_size))
-    return bits * sum(model.frame_rates)
-
-
 def _report_rates(model, input_rate: int, input_channels: int, seconds_audio: float,
                   seconds_compute: float, what: str, quiet: bool) -> dict:
-    bitrate = code_bitrate(model)
+    from espnet_snac.model.frames import bits_per_code, code_bitrate  # imports torch: not at CLI start
+
+    bitrate = code_bitrate(model.frame_rates, model.codebook_size)
     pcm = 16 * input_rate * input_channels
     rtf = seconds_compute / seconds_audio if seconds_audio > 0 else float("nan")
-    _say(f"bitrate: {bitrate:.1f} bit/s of codes ({math.ceil(math.log2(model.codebook_size))} bits x "
+    _say(f"bitrate: {bitrate:.1f} bit/s of codes ({bits_per_code(model.codebook_size)} bits x "
          f"{sum(model.frame_rates):.2f} codes/s over {model.n_codebooks} levels)", quiet)
     _say(f"compression ratio: {pcm / bitrate:.1f}x vs 16-bit PCM at the input rate "
          f"({input_channels} ch x {input_rate} Hz = {pcm / 1000:.1f} kbit/s)", quiet)

@@ -37,6 +37,17 @@ def frame_order(level_sizes: Sequence[int] = LEVEL_SIZES_24KHZ) -> List[Tuple[in
 FRAME_ORDER: Tuple[Tuple[int, int], ...] = tuple(frame_order())
 
 
+def bits_per_code(codebook_size: int) -> int:
+    """Whole bits to store one code: ``ceil(log2(codebook_size))``, at least 1 (12 for 4096 entries)."""
+    return max(1, (int(codebook_size) - 1).bit_length())
+
+
+def code_bitrate(frame_rates: Sequence[float], codebook_size: int) -> float:
+    """Bits per second of SNAC codes: the codes per second of all levels (``SNAC.frame_rates``) times
+    :func:`bits_per_code` (984.4 bit/s for the 24 kHz model)."""
+    return bits_per_code(codebook_size) * sum(frame_rates)
+
+
 def level_sizes_of(vq_strides: Sequence[int]) -> Tuple[int, ...]:
     """Codes per frame per level from the quantiser strides, e.g. [4, 2, 1] -> (1, 2, 4)."""
     return tuple(vq_strides[0] // s for s in vq_strides)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, Optional, Union
 
 from espnet_snac.model.checkpoints import CheckpointError
+from espnet_snac.model.frames import code_bitrate
 
 PathLike = Union[str, Path]
 
@@ -123,8 +124,7 @@ def model_card(config: Dict, repo_id: Optional[str] = None) -> str:
         hop *= int(r)
     strides = [int(s) for s in config["vq_strides"]]
     frame_rates = [rate / (hop * s) for s in strides]
-    bits = max(1, (int(config["codebook_size"]) - 1).bit_length())
-    bitrate = bits * sum(frame_rates)
+    bitrate = code_bitrate(frame_rates, int(config["codebook_size"]))
     name = repo_id or "path/to/this/directory"
     rates = ", ".join(f"{f:.2f}" for f in frame_rates)
     return f"""---
