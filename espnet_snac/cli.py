@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from espnet_snac.io.flags import parse_bool
+
 PROG = "espnet-snac"
 ESPNET_WEIGHTS_NAME = "latest.pth"  # a name SNAC.from_pretrained finds in an experiment directory
 
@@ -307,15 +309,6 @@ def cmd_convert(args) -> dict:
     return {"format": "espnet", "path": str(dst)}
 
 
-def _str_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def cmd_export(args) -> dict:
     import numpy as np
     import torch
@@ -429,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="Hugging Face repo id, official dir, ESPnet experiment dir/.pth or packed .zip")
     p.add_argument("out_dir", help="directory to write encoder.onnx, decoder.onnx and config.json to")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
-    p.add_argument("--noise", type=_str_bool, default=False, metavar="{false,true}",
+    p.add_argument("--noise", type=parse_bool, default=False, metavar="{false,true}",
                    help="keep the decoder's noise blocks (random output, as the release); default false: "
                         "deterministic decoder")
     p.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default: 18)")

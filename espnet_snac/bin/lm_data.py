@@ -21,16 +21,9 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from espnet_snac.io.atomic_files import atomic_write_text
+from espnet_snac.io.flags import parse_bool
 from espnet_snac.lm.lines import LMDataError, build_set, cut_prompt, read_token_text, read_transcripts, write_lines
 from espnet_snac.lm.vocab import build_token_list, text_units, write_token_list
-
-
-def _bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -41,7 +34,7 @@ def get_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{part}_text", type=Path, default=None,
                        help=f"Kaldi text (utt transcript) of the {part} set; needed with --text_prefix true")
     p.add_argument("--output_dir", type=Path, required=True)
-    p.add_argument("--text_prefix", type=_bool, default=False,
+    p.add_argument("--text_prefix", type=parse_bool, default=False,
                    help="start each line with the transcript's characters (text-to-speech LM)")
     p.add_argument("--num_prompts", type=int, default=1, help="held-out utterances to prompt the LM with")
     p.add_argument("--prompt_frames", type=int, default=12,
