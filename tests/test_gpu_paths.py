@@ -84,8 +84,10 @@ def test_rank_rng_state_picks_this_ranks_state():
 
 # ----------------------------------------------------------------------------------------- DataParallel
 def test_data_parallel_is_refused_naming_the_option():
+    # refused before any work: no optimizer, scheduler, data or output directory is touched
     with pytest.raises(ValueError, match="--multiprocessing_distributed true"):
-        SNACGANTrainer._wrap(tiny_model(), _Opts("."), DistributedOption(distributed=False, ngpu=2))
+        SNACGANTrainer._run(tiny_model(), None, None, None, None, _Opts("/nonexistent"),
+                            DistributedOption(distributed=False, ngpu=2), None, True, "cpu", [1])
     model = tiny_model()
     assert SNACGANTrainer._wrap(model, _Opts("."), DistributedOption(distributed=False, ngpu=1)) is model
 

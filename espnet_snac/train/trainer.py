@@ -222,7 +222,7 @@ class SNACGANTrainer(GANTrainer):
 
     @staticmethod
     def _wrap(model, opts, distributed_option):
-        """DDP for distributed runs; DataParallel is refused (see the error message).
+        """DDP for distributed runs, else the model itself (``_run`` has refused DataParallel before).
 
         ``find_unused_parameters=True`` whatever ESPnet's ``unused_parameters`` says: the two turns
         alternate on one wrapped model and the discriminator turn never uses the generator's
@@ -241,7 +241,6 @@ class SNACGANTrainer(GANTrainer):
                 broadcast_buffers=False,
                 gradient_as_bucket_view=opts.gradient_as_bucket_view,
             )
-        _refuse_data_parallel(distributed_option)
         return model
 
     # ------------------------------------------------------------------ checkpoints
