@@ -528,13 +528,15 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
         [ -f "${data}/.done" ] || die "Stage 6: ${data} is not formatted (run stage 2)"
         # The formats: what the set can give (Orpheus ids and a datasets export need transcripts of
         # every utterance, extract_tokens refuses a partial text).
+        n_in=$(count_lines "${data}/wav.scp")
         formats=$token_formats
         if [ "$formats" = auto ]; then
             formats=ark,text
-            if [ -s "${data}/text" ] && [ "$(count_lines "${data}/text")" -eq "$(count_lines "${data}/wav.scp")" ]; then
+            n_text=$(count_lines "${data}/text")
+            if [ -s "${data}/text" ] && [ "$n_text" -eq "$n_in" ]; then
                 formats=${formats},orpheus,datasets
             elif [ -s "${data}/text" ]; then
-                log "Stage 6: ${data}/text covers $(count_lines "${data}/text") of $(count_lines "${data}/wav.scp")" \
+                log "Stage 6: ${data}/text covers ${n_text} of ${n_in}" \
                     "utterances: no Orpheus/datasets export for ${dset} (give every utterance a transcript)"
             fi
         fi
@@ -547,7 +549,6 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
         # A changed model or set invalidates the tokens; an interrupted run is resumed.
         [ "$state" = stale ] && { log "Stage 6: model, formats or ${data} changed; redoing ${dir}"; rm -rf "$dir"; }
         mkdir -p "$dir"
-        n_in=$(count_lines "${data}/wav.scp")
         if "$have_extractor"; then
             log "Stage 6: extracting tokens of ${data} (formats ${formats}) -> ${dir} (log: ${dir}/extract_tokens.log)"
             run_jobs 1 "${dir}/extract_tokens.log" \
