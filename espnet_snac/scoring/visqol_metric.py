@@ -1,10 +1,11 @@
 """ViSQOL (MOS-LQO, 1..5, higher is better) through ``visqol-python``, a pure-Python port of Google's
 ViSQOL v3 that ships its models and runs offline (``pip install 'espnet-snac[visqol]'``).
 
-Default: **audio mode at 48 kHz** (SVR model ``libsvm_nu_svr_model.txt``), the setting of the DAC
-evaluation that SNAC's training and evaluation code builds on: DAC's ``scripts/evaluate.py`` scores
-with ``audiotools.metrics.quality.visqol``, whose default ``mode="audio"`` resamples both signals to
-48 kHz and uses that SVR model (it also reports ``mode="speech"``: 16 kHz, the deep-lattice model).
+Default: **audio mode at 48 kHz** (SVR model ``libsvm_nu_svr_model.txt``), the default of
+``audiotools.metrics.quality.visqol``, the wrapper DAC's ``scripts/evaluate.py`` scores with (that
+script reports both modes, ``visqol-audio-*`` and ``visqol-speech-*``: 16 kHz, the deep-lattice model).
+Which mode the SNAC paper's ViSQOL is was not found in public sources (docs/cli.md, "Which ViSQOL the
+papers report").
 Speech mode is available with ``mode="speech"``; without the ``[lattice]`` extra of visqol-python
 (``ai-edge-litert``) it falls back to a polynomial mapping that over-predicts MOS on degraded speech,
 so this module uses speech mode only with the lattice model unless told otherwise.
