@@ -259,8 +259,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--visqol", choices=("auto", "true", "false"), default="auto",
                    help="report ViSQOL MOS-LQO (auto: when visqol-python is installed; true: required)")
     p.add_argument("--visqol_mode", choices=("audio", "speech"), default="audio",
-                   help="ViSQOL mode: audio (48 kHz, SVR; audiotools' default, one of the two DAC's evaluation "
-                        "reports; default) or speech "
+                   help="ViSQOL mode: audio (48 kHz, SVR; audiotools' default, one of the two modes DAC's "
+                        "evaluate.py reports; default) or speech "
                         "(16 kHz, needs visqol-python[lattice])")
     return p
 
