@@ -1,5 +1,5 @@
 """The encoder's exact kernel-1 convolution (kernels.ExactPointwise, csrc/exact.c): bit for bit like
-an independent float32 FMA-chain model and like F.conv1d wherever oneDNN rounds in one of its two
+an independent float32 FMA-chain model and like F.conv1d wherever oneDNN rounds in one of its
 orders, declines otherwise, and leaves the encoder's latents and codes identical to the plain
 modules at 1 and 2 threads (random weights and real speech)."""
 from __future__ import annotations
@@ -36,20 +36,35 @@ def threads():
 
 
 def fma_chain(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], bias_first: bool,
-              residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Independent model: per output one float32 FMA chain over the input channels in order (the
-    float64 product of two float32 is exact; plus the accumulator, rounded to float32), from the bias
-    or from zero with the bias added last; then plus ``residual``."""
+              residual: Optional[torch.Tensor] = None, reduce_block: int = 0) -> torch.Tensor:
+    """Independent model: the input channels in blocks of ``reduce_block`` (0: one block), per output
+    and block one float32 FMA chain over the block's channels in order (the float64 product of two
+    float32 is exact; plus the accumulator, rounded to float32), the first block's from the bias, the
+    others from zero, each block's chain added to the sum of the ones before (or the bias added last);
+    then plus ``residual``."""
     _, c_in, t = x.shape
     w = weight[:, :, 0].double()
-    acc = torch.zeros(1, weight.shape[0], t)
-    if bias_first and bias is not None:
-        acc = acc + bias.view(1, -1, 1)
-    for ci in range(c_in):
-        acc = (x[:, ci: ci + 1].double() * w[:, ci].view(1, -1, 1) + acc.double()).float()
+    block = reduce_block if 0 < reduce_block < c_in else c_in
+    total = None
+    for start in range(0, c_in, block):
+        acc = torch.zeros(1, weight.shape[0], t)
+        if start == 0 and bias_first and bias is not None:
+            acc = acc + bias.view(1, -1, 1)
+        for ci in range(start, min(c_in, start + block)):
+            acc = (x[:, ci: ci + 1].double() * w[:, ci].view(1, -1, 1) + acc.double()).float()
+        total = acc if total is None else total + acc
     if not bias_first and bias is not None:
-        acc = acc + bias.view(1, -1, 1)
-    return acc if residual is None else acc + residual
+        total = total + bias.view(1, -1, 1)
+    return total if residual is None else total + residual
+
+
+def conv1d_orders(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> list:
+    """Every ``Order`` (single chain, or blocks of 16k channels) in which F.conv1d rounds for these
+    inputs, found with :func:`fma_chain` (not with the kernel under test)."""
+    want = F.conv1d(x, weight, bias)
+    orders = [kernels.Order(first) for first in (True, False)]
+    orders += [kernels.Order(first, block) for block in range(16, x.shape[1], 16) for first in (True, False)]
+    return [o for o in orders if torch.equal(fma_chain(x, weight, bias, o.bias_first, reduce_block=o.reduce_block), want)]
 
 
 def _inputs(c_in: int, c_out: int, t: int, seed: int):
@@ -63,13 +78,14 @@ def _inputs(c_in: int, c_out: int, t: int, seed: int):
 @pytest.mark.parametrize("c_in,c_out,t", [(8, 8, 1), (16, 8, 47), (48, 48, 97), (96, 16, 480), (3, 24, 1000)])
 @pytest.mark.parametrize("bias_first", [True, False])
 @pytest.mark.parametrize("with_residual", [True, False])
-def test_kernel_is_the_fma_chain(fresh_kernels, c_in, c_out, t, bias_first, with_residual):
+@pytest.mark.parametrize("reduce_block", [0, 16, 32])
+def test_kernel_is_the_fma_chain(fresh_kernels, c_in, c_out, t, bias_first, with_residual, reduce_block):
     x, weight, bias, residual = _inputs(c_in, c_out, t, seed=c_in + t)
     residual = residual if with_residual else None
-    got = kernels.pointwise_exact(x, weight, bias, bias_first, torch.empty(1, c_out, t), residual)
-    assert torch.equal(got, fma_chain(x, weight, bias, bias_first, residual))
-    no_bias = kernels.pointwise_exact(x, weight, None, bias_first, torch.empty(1, c_out, t), residual)
-    assert torch.equal(no_bias, fma_chain(x, weight, None, bias_first, residual))
+    got = kernels.pointwise_exact(x, weight, bias, bias_first, torch.empty(1, c_out, t), residual, reduce_block)
+    assert torch.equal(got, fma_chain(x, weight, bias, bias_first, residual, reduce_block))
+    no_bias = kernels.pointwise_exact(x, weight, None, bias_first, torch.empty(1, c_out, t), residual, reduce_block)
+    assert torch.equal(no_bias, fma_chain(x, weight, None, bias_first, residual, reduce_block))
 
 
 @needs_compiler
@@ -78,31 +94,63 @@ def test_declines_what_it_cannot_take(fresh_kernels):
     assert kernels.exact_pointwise(x, weight, bias, torch.empty(1, 12, 100)) is None
     x2 = torch.randn(2, 8, 100)  # batches go to F.conv1d
     assert kernels.exact_pointwise(x2, torch.randn(8, 8, 1), None, torch.empty(2, 8, 100)) is None
+    x3, weight3, bias3, _ = _inputs(384, 384, 100, seed=0)  # wider than MAX_CHANNELS: F.conv1d is as fast
+    assert kernels.exact_pointwise(x3, weight3, bias3, torch.empty(1, 384, 100)) is None
 
 
 @needs_compiler
 @pytest.mark.parametrize("n_threads", [1, 2])
-@pytest.mark.parametrize("c,t", [(48, 6000), (48, 300), (96, 3000), (192, 750), (192, 1024), (384, 96)])
+@pytest.mark.parametrize("c,t", [(48, 6000), (48, 300), (96, 3000), (192, 750), (192, 1024), (192, 2048)])
 def test_exact_pointwise_rounds_like_conv1d(fresh_kernels, threads, n_threads, c, t):
     """Every call equals F.conv1d plus the residual (as torch adds it); the first call of a shape
-    decides the order, and where F.conv1d equals one of the two FMA chains (checked with the
-    independent model) the kernel is chosen for the later calls of that shape."""
+    decides the order, and where F.conv1d equals one of the kernel's orders (single chain or split
+    reduction, checked with the independent model) the kernel is chosen for the later calls of that
+    shape (192 channels at 1024 and 2048 samples: oneDNN splits the reduction at 2 threads here)."""
     threads(n_threads)
     x, weight, bias, residual = _inputs(c, c, t, seed=c)
     want = F.conv1d(x, weight, bias)
-    known = [first for first in (True, False) if torch.equal(fma_chain(x, weight, bias, first), want)]
+    known = conv1d_orders(x, weight, bias)
     pointwise = kernels.exact_pointwise
     assert pointwise.known(x, weight, bias) == (False, None)
     assert torch.equal(pointwise(x, weight, bias, torch.empty(1, c, t), residual), want + residual)
-    decided, bias_first = pointwise.known(x, weight, bias)
+    decided, order = pointwise.known(x, weight, bias)
     assert decided
     x2, _, _, residual2 = _inputs(c, c, t, seed=c + 1)  # same shape, other data: the decided order
-    assert torch.equal(pointwise(x2, weight, bias, torch.empty(1, c, t), residual2),
-                       F.conv1d(x2, weight, bias) + residual2)
+    out = torch.empty(1, c, t)
+    got = pointwise(x2, weight, bias, out, residual2)
+    assert torch.equal(got, F.conv1d(x2, weight, bias) + residual2)
     if not known:
-        assert bias_first is None
-        pytest.skip(f"oneDNN rounds in neither order for ({c}, {t}) at {n_threads} threads; F.conv1d kept")
-    assert bias_first == known[0], "F.conv1d rounds in one of the kernel's orders, yet it was not chosen"
+        assert order is None
+        pytest.skip(f"oneDNN rounds in none of the kernel's orders for ({c}, {t}) at {n_threads} threads")
+    assert order == known[0], "F.conv1d rounds in one of the kernel's orders, yet it was not chosen"
+    assert got.data_ptr() == out.data_ptr(), "the order is known, yet the kernel did not run"
+
+
+@needs_compiler
+def test_length_class_lends_its_order_only_when_consistent(fresh_kernels, monkeypatch):
+    """After TRUST_AFTER lengths of one class decided alike, its other lengths use that order without
+    F.conv1d, except near a power of two; a class whose lengths disagree lends nothing."""
+    pointwise = kernels.exact_pointwise
+    calls = []
+    real_conv1d = F.conv1d
+    monkeypatch.setattr(kernels.F, "conv1d", lambda *a, **k: calls.append(a[0].shape) or real_conv1d(*a, **k))
+    _, weight, bias, _ = _inputs(48, 48, 8, seed=5)
+    lengths = [5000, 6000, 7000]  # one class: 4096..8191, none near a power of two
+    for t in lengths[: kernels.ExactPointwise.TRUST_AFTER]:
+        x = _inputs(48, 48, t, seed=t)[0]
+        pointwise(x, weight, bias, torch.empty(1, 48, t))
+    decided = [pointwise.known(_inputs(48, 48, t, seed=t)[0], weight, bias) for t in lengths[:2]]
+    if decided[0][1] is None or decided[0] != decided[1]:
+        pytest.skip(f"oneDNN's orders on this CPU: {decided}")
+    calls.clear()
+    x = _inputs(48, 48, 7000, seed=7000)[0]
+    got = pointwise(x, weight, bias, torch.empty(1, 48, 7000))
+    assert calls == [] and torch.equal(got, real_conv1d(x, weight, bias))  # lent: no F.conv1d
+    near = _inputs(48, 48, 8190, seed=1)[0]  # within NEAR_POWER_OF_TWO of 8192: decided on its own
+    assert pointwise.known(near, weight, bias) == (False, None)
+    # a class with two different orders lends nothing
+    pointwise._classes[(48, 48, 15, True, torch.get_num_threads())] = [kernels.Order(True), kernels.Order(False)]
+    assert pointwise.known(_inputs(48, 48, 20000, seed=2)[0], weight, bias) == (False, None)
 
 
 @needs_compiler
@@ -116,7 +164,8 @@ def test_silence_does_not_decide_and_mismatch_keeps_conv1d(fresh_kernels, monkey
     assert pointwise.known(silence, weight, bias) == (False, None)
     real = kernels.pointwise_exact
     monkeypatch.setattr(kernels, "pointwise_exact",
-                        lambda x, w, b, first, out, res=None: real(x, w, b, first, out, res).add_(1e-3))
+                        lambda x, w, b, first, out, res=None, reduce_block=0: real(x, w, b, first, out, res,
+                                                                                   reduce_block).add_(1e-3))
     assert torch.equal(pointwise(x, weight, bias, torch.empty(1, 48, 500), residual),
                        F.conv1d(x, weight, bias) + residual)
     assert pointwise.known(x, weight, bias) == (True, None)

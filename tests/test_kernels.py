@@ -89,8 +89,8 @@ class _Recording:
     def __init__(self, real: "kernels.ExactDepthwise"):
         self.real, self.ran, self.declined = real, 0, []
 
-    def order(self, x, weight, bias, dilation):
-        return self.real.order(x, weight, bias, dilation)
+    def known(self, x, weight, bias, dilation):
+        return self.real.known(x, weight, bias, dilation)
 
     def __call__(self, x, weight, bias, dilation, out):
         y = self.real(x, weight, bias, dilation, out)
@@ -248,23 +248,36 @@ def test_loading_keeps_denormals(fresh_kernels):
 @pytest.mark.parametrize("bias", [True, False])
 def test_exact_depthwise_rounds_like_conv1d(fresh_kernels, length, dilation, bias):
     """Both tap orders of the kernel equal an independent FMA-chain model bit for bit (always: a broken
-    kernel fails here, it is never skipped); where F.conv1d rounds in one of them (found with the
-    model), the probing ``ExactDepthwise`` picks it and equals F.conv1d bit for bit."""
+    kernel fails here, it is never skipped); the first call of a shape returns F.conv1d's result and
+    decides the order on its inputs; where F.conv1d rounds in one of the kernel's orders (found with
+    the model) that one is chosen and the later calls of the shape run the kernel, equal to F.conv1d."""
     torch.manual_seed(length * dilation)
     conv = torch.nn.Conv1d(48, 48, 7, dilation=dilation, padding=3 * dilation, groups=48, bias=bias)
     x = _rows(1, 48, length, seed=dilation)
+    depthwise = kernels.ExactDepthwise()
     with torch.no_grad():
         for bias_first in (True, False):
             got = kernels.depthwise_exact(x, conv.weight, conv.bias, dilation, bias_first,
                                           out=torch.full(x.shape, float("nan")))
             assert torch.equal(got, fma_chain(x, conv.weight, conv.bias, dilation, bias_first)), bias_first
         want = conv(x)
-        got = kernels.ExactDepthwise()(x, conv.weight, conv.bias, dilation, out=torch.full(x.shape, float("nan")))
-    if conv1d_order(x, conv.weight, conv.bias, dilation) is None:
-        assert got is None  # F.conv1d rounds in neither order: the kernel must decline
+        first = depthwise(x, conv.weight, conv.bias, dilation, out=torch.full(x.shape, float("nan")))
+        decided, order = depthwise.known(x, conv.weight, conv.bias, dilation)
+        x2 = _rows(1, 48, length, seed=dilation + 100)  # same shape, other data
+        out = torch.full(x.shape, float("nan"))
+        second = depthwise(x2, conv.weight, conv.bias, dilation, out=out)
+        want2 = conv(x2)
+    expected = conv1d_order(x, conv.weight, conv.bias, dilation)
+    if decided and order is None:
+        assert expected is None, "F.conv1d rounds in one of the kernel's orders, yet ExactDepthwise declined"
+        assert first is None and second is None  # the caller keeps F.conv1d
         pytest.skip(f"this CPU's oneDNN kernel for {tuple(x.shape)}, dilation {dilation} rounds in another order")
-    assert got is not None, "F.conv1d rounds in one of the kernel's orders, yet ExactDepthwise declined"
-    assert torch.equal(got, want)
+    assert torch.equal(first, want)
+    if not decided:  # too few outputs to tell the orders apart (a few samples): still F.conv1d's result
+        assert length < 8 and torch.equal(second, want2)
+        return
+    assert order == expected
+    assert second.data_ptr() == out.data_ptr() and torch.equal(second, want2)
 
 
 @needs_compiler
@@ -279,6 +292,16 @@ def test_exact_depthwise_falls_back_when_no_order_matches(fresh_kernels, monkeyp
     assert kernels.exact_depthwise(x, torch.randn(8, 1, 7), torch.randn(8), 3, out=torch.empty(x.shape)) is None
     fast_z, plain_z = _encoder_fast_and_plain(8, 1, 4096)
     assert torch.equal(fast_z, plain_z)
+
+
+def test_depthwise_decision_needs_telling_inputs(fresh_kernels):
+    """Silence cannot tell the two orders apart: the call returns F.conv1d's result and decides nothing."""
+    depthwise = kernels.ExactDepthwise()
+    weight, bias = torch.randn(48, 1, 7), torch.randn(48)
+    silence = torch.zeros(1, 48, 3000)
+    want = F.conv1d(silence, weight, bias, padding=3, groups=48)
+    assert torch.equal(depthwise(silence, weight, bias, 1, out=torch.empty(silence.shape)), want)
+    assert depthwise.known(silence, weight, bias, 1) == (False, None)
 
 
 @needs_compiler
@@ -302,7 +325,7 @@ def test_encoder_latents_bit_identical_with_kernels(fresh_kernels, monkeypatch, 
 
     def counted_snake_depthwise(x, alpha, weight, bias, dilation, out):
         y = real_snake_depthwise(x, alpha, weight, bias, dilation, out)
-        if y is None:
+        if y is None and depthwise.known(x, weight, bias, dilation)[0]:  # undecided: the caller decides
             declined.append((fast.snake(x, alpha), weight, bias, dilation))
         else:
             snake_calls["snake_depthwise"] += 1
@@ -313,9 +336,10 @@ def test_encoder_latents_bit_identical_with_kernels(fresh_kernels, monkeypatch, 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        fast_z, plain_z = _encoder_fast_and_plain(16, 2, 3 * 4096)
-        assert kernels.status() == "on"
-        assert torch.equal(fast_z, plain_z)
+        for _ in range(2):  # the first pass decides the orders, the second runs the kernels
+            fast_z, plain_z = _encoder_fast_and_plain(16, 2, 3 * 4096)
+            assert kernels.status() == "on"
+            assert torch.equal(fast_z, plain_z)
         # a decline is right only where F.conv1d rounds in neither order
         wrongly_declined = sorted({(tuple(x.shape), d) for x, w, b, d in declined + depthwise.declined
                                    if conv1d_order(x, w, b, d) is not None})
@@ -352,22 +376,29 @@ def test_exact_snake_is_bit_identical(fresh_kernels, shape):
 @needs_compiler
 @pytest.mark.parametrize("length", [1, 40, 2500])
 @pytest.mark.parametrize("dilation", [1, 9])
-def test_exact_snake_depthwise_is_bit_identical(fresh_kernels, length, dilation):
+def test_exact_snake_depthwise_is_bit_identical(fresh_kernels, monkeypatch, length, dilation):
     reason = vssin_missing()
     if reason:
         pytest.skip(reason)
     snake = kernels.ExactSnake()
     assert snake.available(), "torch.sin is MKL's vsSin, yet the exact Snake kernel's probe failed"
+    monkeypatch.setattr(kernels, "exact_depthwise", kernels.ExactDepthwise())
     torch.manual_seed(length)
     conv = torch.nn.Conv1d(16, 16, 7, dilation=dilation, padding=3 * dilation, groups=16)
     x = _rows(1, 16, length, seed=length)
     alpha = torch.rand(1, 16, 1) * 3 + 0.05
     with torch.no_grad():
         want = conv(fast.snake(x, alpha))
-        got = snake.snake_depthwise(x, alpha, conv.weight, conv.bias, dilation, out=torch.full(x.shape, float("nan")))
-    if conv1d_order(fast.snake(x, alpha), conv.weight, conv.bias, dilation) is None:
+        args = (x, alpha, conv.weight, conv.bias, dilation)
+        # undecided shape: the fused kernel declines; the caller's depthwise call decides the order
+        assert snake.snake_depthwise(*args, out=torch.empty(x.shape)) is None
+        kernels.exact_depthwise(fast.snake(x, alpha), conv.weight, conv.bias, dilation, out=torch.empty(x.shape))
+        got = snake.snake_depthwise(*args, out=torch.full(x.shape, float("nan")))
+    decided, _ = kernels.exact_depthwise.known(x, conv.weight, conv.bias, dilation)
+    if conv1d_order(fast.snake(x, alpha), conv.weight, conv.bias, dilation) is None or not decided:
         assert got is None
-        pytest.skip("F.conv1d rounds in neither of the kernel's orders for this shape on this CPU")
+        pytest.skip("F.conv1d rounds in neither of the kernel's orders for this shape on this CPU, "
+                    "or too few samples to tell")
     assert got is not None and torch.equal(got, want)
 
 

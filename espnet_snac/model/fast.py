@@ -285,8 +285,8 @@ class FastPath:
             return None
         if self.lengths is not None:
             self._zero_tail(x)
-        decided, bias_first = kernels.exact_pointwise.known(x, weight, conv.bias)
-        if decided and bias_first is None:
+        decided, order = kernels.exact_pointwise.known(x, weight, conv.bias)
+        if decided and order is None:
             return None
         out = self.ws.empty((1, conv.out_channels, x.shape[-1]), x)
         return kernels.exact_pointwise(x, weight, conv.bias, out, residual)
@@ -304,6 +304,14 @@ class FastPath:
 
     def residual_unit(self, unit: ResidualUnit, x: torch.Tensor) -> torch.Tensor:
         snake1, conv1, snake2, conv2 = unit.block
+        if (self.exact and self.native and self.lengths is None and is_same_depthwise(conv1)
+                and is_pointwise(conv2) and conv2.in_channels == conv2.out_channels == x.shape[1]):
+            # the whole unit in one cache-resident pass once both convolutions' orders are known
+            y = kernels.residual_unit_exact(x, snake1.alpha, self.weights.get(conv1), conv1.bias, conv1.dilation[0],
+                                            snake2.alpha, self.weights.get(conv2), conv2.bias,
+                                            self.ws.empty(x.shape, x))
+            if y is not None:
+                return y
         y = self.snake(self.snake_conv(snake1.alpha, conv1, x), snake2.alpha)
         if not self.exact and y.shape == x.shape and is_pointwise(conv2):
             # x is this unit's own input (dead after it): accumulate W @ y into it, one pass fewer
