@@ -184,6 +184,55 @@ def test_workspace_without_use_counts_never_reuses(monkeypatch):
     assert not ws._buffers  # plain allocations, nothing kept for reuse
 
 
+def test_buffer_pool_reuses_idle_buffers_across_calls_and_caps_its_memory():
+    pool = fast.BufferPool(max_bytes=4 * 64)
+    like = torch.zeros(1)
+    a = pool.take((4, 8), like)
+    a_ptr = a.data_ptr()
+    b = pool.take((2, 8), like)
+    assert b.data_ptr() != a_ptr  # a is alive
+    del a
+    c = pool.take((2, 8), like)  # a smaller request takes the front of an idle larger buffer
+    assert c.data_ptr() == a_ptr and c.shape == (2, 8)
+    keep = c[1:]
+    del c
+    assert pool.take((2, 8), like).data_ptr() != a_ptr  # a view keeps it busy
+    assert pool.nbytes() <= 4 * 64
+    big = pool.take((100,), like)  # beyond max_bytes: allocated, not kept
+    assert big.shape == (100,) and pool.nbytes() <= 4 * 64
+    del keep, b
+    pool.clear()
+    assert pool.nbytes() == 0
+    import copy
+    import pickle
+    pool.take((8,), like)
+    assert copy.deepcopy(pool).nbytes() == 0 and pickle.loads(pickle.dumps(pool)).nbytes() == 0
+
+
+def test_model_keeps_activation_memory_between_calls_and_results_are_not_overwritten():
+    """The second decode reuses the first one's buffers (no new activation memory), the returned audio
+    of the first call is not a pool buffer that the second call overwrites, and ``release_buffers``
+    empties the pool."""
+    torch.manual_seed(0)
+    model = SNAC(**dict(SNAC_24KHZ, encoder_dim=8, decoder_dim=32)).eval()
+    audio = torch.randn(1, 1, 2 * 4096) * 0.3
+    with torch.inference_mode():
+        codes = model.encode(audio)
+        torch.manual_seed(1)
+        first = model.decode(codes)
+        kept = first.clone()
+        held = model._activation_pool.nbytes()
+        assert held > 0
+        torch.manual_seed(1)
+        second = model.decode(codes)
+        assert model._activation_pool.nbytes() == held
+        assert torch.equal(first, kept) and torch.equal(second, kept)
+        z = model.encode(audio)
+        assert all(torch.equal(x, y) for x, y in zip(z, codes))
+    model.release_buffers()
+    assert model._activation_pool.nbytes() == 0
+
+
 @pytest.mark.parametrize("stride", [2, 3, 4, 8])
 @pytest.mark.parametrize("length", [1, 2, 17])
 def test_polyphase_transposed_conv(stride, length):

@@ -137,6 +137,24 @@ def test_snake_depthwise_kernel_matches_torch_ops(fresh_kernels, length, dilatio
 
 
 @needs_compiler
+@pytest.mark.parametrize("batch,channels,length", [(1, 64, 3000), (2, 5, 1), (3, 16, 1025)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_snake_conv_out_matches_torch_ops(fresh_kernels, batch, channels, length, bias):
+    """The decoder's output layer (Snake, then a conv to one channel, k7 "same") in one pass."""
+    torch.manual_seed(length)
+    conv = torch.nn.Conv1d(channels, 1, 7, padding=3, bias=bias)
+    x = torch.randn(batch, channels, length) * 2
+    alpha = torch.rand(1, channels, 1) * 3 + 0.05
+    with torch.no_grad():
+        want = conv(fast.snake(x, alpha))
+        got = kernels.snake_conv_out(x, alpha, conv.weight, conv.bias, out=torch.full((batch, 1, length), float("nan")))
+    assert got is not None and got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    wide = torch.randn(1, channels, 2 * kernels.MAX_HALO + 3)
+    assert kernels.snake_conv_out(x, alpha, wide, None, out=torch.empty(batch, 1, length)) is None
+
+
+@needs_compiler
 def test_snake_depthwise_too_wide_declines(fresh_kernels):
     x = _rows(1, 2, 50, seed=0)
     weight = torch.randn(2, 1, 7)

@@ -143,6 +143,8 @@ def _build() -> ctypes.CDLL:
     lib.snake_f32.restype = None
     lib.snake_depthwise_f32.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int]
     lib.snake_depthwise_f32.restype = ctypes.c_int
+    lib.snake_conv_out_f32.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
+    lib.snake_conv_out_f32.restype = ctypes.c_int
     lib.depthwise_exact_f32.argtypes = [ptr, i64, ptr, i64, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
     lib.depthwise_exact_f32.restype = None
     lib.snake_exact_f32.argtypes = [ptr, ptr, i64, ptr, i64, ptr, i64, i64, i64, ctypes.c_int]
@@ -247,6 +249,21 @@ def snake_depthwise(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, 
     rc = _loaded().snake_depthwise_f32(x.data_ptr(), _row_stride(x), out.data_ptr(), t, alpha.data_ptr(),
                                        weight.data_ptr(), _ptr(bias), b * c, c, t, k, dilation,
                                        torch.get_num_threads())
+    return out if rc == 0 else None
+
+
+def snake_conv_out(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   out: torch.Tensor) -> Optional[torch.Tensor]:
+    """``conv(snake(x))`` for a conv with one output channel (weight ``(1, C, K)``, odd K, zero "same"
+    padding) into ``out (B, 1, T)`` (contiguous), in one pass over ``x (B, C, T)`` (contiguous); None
+    if the kernel is wider than ``MAX_HALO`` allows."""
+    b, c, t = x.shape
+    k = weight.shape[-1]
+    if weight.shape[0] != 1 or k % 2 == 0 or k // 2 > MAX_HALO or not x.is_contiguous() or not out.is_contiguous():
+        return None
+    alpha, weight, bias = _flat(alpha, c), _flat(weight, c, k), _flat(bias, 1)
+    rc = _loaded().snake_conv_out_f32(x.data_ptr(), t, out.data_ptr(), t, alpha.data_ptr(), weight.data_ptr(),
+                                      _ptr(bias), b, c, t, k, torch.get_num_threads())
     return out if rc == 0 else None
 
 

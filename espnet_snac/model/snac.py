@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from espnet_snac.model.configs import SNAC_24KHZ, SNAC_32KHZ, SNAC_44KHZ  # noqa: F401  (re-exported)
-from espnet_snac.model.fast import FastPath, FoldedWeights, has_hooks
+from espnet_snac.model.fast import BufferPool, FastPath, FoldedWeights, has_hooks
 from espnet_snac.model.layers import Decoder, Encoder, NoiseBlock
 from espnet_snac.model.quantizer import ResidualVectorQuantize
 
@@ -75,10 +75,17 @@ class SNAC(nn.Module):
         #: Use :mod:`espnet_snac.model.fast` in eval mode without autograd (set False to force the plain path).
         self.fast_inference = True
         self._folded = FoldedWeights()  # not a buffer: never in the state dict
+        self._activation_pool = BufferPool()  # activation memory of the fast path, kept between calls
 
     def train(self, mode: bool = True) -> "SNAC":
         self._folded.clear()  # frees the folded weights; they are rebuilt on the next fast call
+        self._activation_pool.clear()
         return super().train(mode)
+
+    def release_buffers(self) -> None:
+        """Free the activation memory the fast path keeps between calls (see
+        :class:`espnet_snac.model.fast.BufferPool`); the next call allocates it again."""
+        self._activation_pool.clear()
 
     def uses_fast_path(self) -> bool:
         """True when ``encode`` / ``decode`` take the fast path: eval mode and autograd disabled."""
@@ -121,7 +128,7 @@ class SNAC(nn.Module):
         x = self.preprocess(audio)
         # Hooks on encoder modules (e.g. masks of tokens.batching) need the module calls.
         if self.uses_fast_path() and not has_hooks(self.encoder):
-            z = FastPath(self._folded).run(self.encoder, x)
+            z = FastPath(self._folded, pool=self._activation_pool).run(self.encoder, x)
         else:
             z = self.encoder(x)
         return self.quantizer(z).codes
@@ -139,7 +146,7 @@ class SNAC(nn.Module):
             raise ValueError(f"encode_masked needs lengths and T that are multiples of {self.pad_multiple}")
         if not self.uses_fast_path():
             raise RuntimeError("encode_masked runs in eval mode without autograd (torch.inference_mode())")
-        z = FastPath(self._folded, lengths, total).run(self.encoder, audio.clone())
+        z = FastPath(self._folded, lengths, total, pool=self._activation_pool).run(self.encoder, audio.clone())
         return self.quantizer(z).codes
 
     def decode(self, codes: Sequence[torch.Tensor], length: Optional[int] = None,
@@ -155,7 +162,7 @@ class SNAC(nn.Module):
         z_q = self.quantizer.from_codes(codes)
         with self.noise(seed=noise_seed, enabled=add_noise, device=z_q.device):
             if self.uses_fast_path() and not has_hooks(self.decoder):
-                audio = FastPath(self._folded, exact=False).run(self.decoder, z_q)
+                audio = FastPath(self._folded, exact=False, pool=self._activation_pool).run(self.decoder, z_q)
             else:
                 audio = self.decoder(z_q)
         return audio if length is None else audio[..., :length]

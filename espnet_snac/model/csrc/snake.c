@@ -72,3 +72,40 @@ int snake_depthwise_f32(const float *x, int64_t x_stride, float *out, int64_t ou
     }
     return 0;
 }
+
+/* out (B, 1, T) = bias + conv of snake(x) with one output channel: x (B, C, T) row (b, c) at
+ * x + (b * C + c) * x_stride, weight (C, K), odd K, zero "same" padding (K / 2 samples each side),
+ * out row b at out + b * out_stride. The decoder's last convolution: one pass that reads x once
+ * (oneDNN's kernel for a single output channel re-lays out the whole input). Threads split
+ * (batch, tile) pairs; channels accumulate in order. Returns -1 if K / 2 > MAX_HALO. */
+int snake_conv_out_f32(const float *x, int64_t x_stride, float *out, int64_t out_stride, const float *alpha,
+                       const float *weight, const float *bias, int64_t batch, int64_t channels, int64_t T,
+                       int64_t K, int nthreads)
+{
+    const int64_t halo = K / 2;
+    if (halo > MAX_HALO)
+        return -1;
+    const int64_t tiles = (T + TILE - 1) / TILE;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t task = 0; task < batch * tiles; task++) {
+        const int64_t b = task / tiles, t0 = (task % tiles) * TILE;
+        const tile_t tl = tile_at(t0, T, halo);
+        float s[TILE + 2 * MAX_HALO];
+        float acc[TILE];
+        const float start = bias ? bias[0] : 0.0f;
+        for (int64_t i = 0; i < tl.n; i++)
+            acc[i] = start;
+        for (int64_t c = 0; c < channels; c++) {
+            const float a = alpha[c];
+            const float inv = 1.0f / (a + 1e-9f);
+            const float *xr = x + (b * channels + c) * x_stride;
+            zero_outside(s, tl);
+#pragma omp simd
+            for (int64_t i = tl.lo; i < tl.hi; i++)
+                s[i] = snake1(xr[tl.first + i], a, inv);
+            taps_from_span(s, tl.n, weight + c * K, K, 1, acc);
+        }
+        memcpy(out + b * out_stride + t0, acc, (size_t)tl.n * sizeof(float));
+    }
+    return 0;
+}
