@@ -215,3 +215,37 @@ def test_encoder_latents_and_codes_identical_on_speech(fresh_kernels, monkeypatc
     chosen = [key for key, first in kernels.exact_pointwise._orders.items() if first is not None]
     if not chosen:
         pytest.skip(f"every kernel-1 layer rounds in neither order at {n_threads} threads on this CPU")
+
+
+@needs_compiler
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("channels,dilation,length", [(48, 9, 5000), (96, 1, 3000), (16, 3, 700)])
+def test_fused_residual_unit_is_bit_identical(fresh_kernels, monkeypatch, threads, n_threads, channels, dilation,
+                                              length):
+    """A residual unit in one fused pass equals the plain module bit for bit, once its convolutions'
+    orders are decided (the first call decides them through the separate kernels)."""
+    from espnet_snac.model.layers import ResidualUnit
+
+    threads(n_threads)
+    monkeypatch.setattr(kernels, "exact_depthwise", kernels.ExactDepthwise())
+    torch.manual_seed(channels + dilation)
+    unit = ResidualUnit(channels, dilation=dilation, groups=channels).eval()
+    for snake in (unit.block[0], unit.block[2]):
+        snake.alpha.data.uniform_(0.3, 2.0)
+    fused = []
+    real = kernels.residual_unit_exact
+    monkeypatch.setattr(kernels, "residual_unit_exact",
+                        lambda *a, **k: (lambda y: fused.append(y is not None) or y)(real(*a, **k)))
+    path = fast.FastPath(fast.FoldedWeights())
+    with torch.inference_mode():
+        for seed in (1, 2, 3):
+            x = torch.randn(1, channels, length, generator=torch.Generator().manual_seed(seed)) * 2
+            want = unit(x)
+            assert torch.equal(path.residual_unit(unit, x.clone()), want), seed
+    if not kernels.exact_snake.available():
+        pytest.skip("torch's sine is not MKL's vsSin here: no exact Snake, no fused unit")
+    dw = kernels.exact_depthwise.known(x, unit.block[1].weight, unit.block[1].bias, dilation)
+    pw = kernels.exact_pointwise.known(x, unit.block[3].weight, unit.block[3].bias)
+    if dw[1] is None or pw[1] is None:
+        pytest.skip(f"oneDNN rounds in none of the kernels' orders here (depthwise {dw}, kernel-1 {pw})")
+    assert fused[0] is False and fused[-1] is True, fused  # decided on the first call, fused after
