@@ -141,7 +141,7 @@ def test_length_class_lends_its_order_only_when_consistent(fresh_kernels, monkey
     real_conv1d = F.conv1d
     monkeypatch.setattr(kernels.F, "conv1d", lambda *a, **k: calls.append(a[0].shape) or real_conv1d(*a, **k))
     _, weight, bias, _ = _inputs(48, 48, 8, seed=5)
-    lengths = [5000, 6000, 7000]  # one class: 4096..8191, none near a power of two
+    lengths = [5000, 6000, 70000]  # one class: >= 2048 samples, none near a power of two
     for t in lengths[: kernels.ExactPointwise.TRUST_AFTER]:
         x = _inputs(48, 48, t, seed=t)[0]
         pointwise(x, weight, bias, torch.empty(1, 48, t))
@@ -149,14 +149,15 @@ def test_length_class_lends_its_order_only_when_consistent(fresh_kernels, monkey
     if decided[0][1] is None or decided[0] != decided[1]:
         pytest.skip(f"oneDNN's orders on this CPU: {decided}")
     calls.clear()
-    x = _inputs(48, 48, 7000, seed=7000)[0]
-    got = pointwise(x, weight, bias, torch.empty(1, 48, 7000))
+    x = _inputs(48, 48, 70000, seed=7000)[0]
+    got = pointwise(x, weight, bias, torch.empty(1, 48, 70000))
     assert calls == [] and torch.equal(got, real_conv1d(x, weight, bias))  # lent: no F.conv1d
     near = _inputs(48, 48, 8190, seed=1)[0]  # within NEAR_POWER_OF_TWO of 8192: decided on its own
     assert pointwise.known(near, weight, bias) == (False, None)
     # a class with two different orders lends nothing
-    pointwise._classes[(48, 48, 15, True, torch.get_num_threads())] = [kernels.Order(True), kernels.Order(False)]
-    assert pointwise.known(_inputs(48, 48, 20000, seed=2)[0], weight, bias) == (False, None)
+    pointwise._classes[(96, 96, True, torch.get_num_threads())] = [kernels.Order(True), kernels.Order(False)]
+    _, weight96, bias96, _ = _inputs(96, 96, 8, seed=6)
+    assert pointwise.known(_inputs(96, 96, 20000, seed=2)[0], weight96, bias96) == (False, None)
 
 
 @needs_compiler

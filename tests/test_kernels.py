@@ -429,3 +429,36 @@ def test_encoder_without_exact_snake_uses_torch_ops(fresh_kernels, monkeypatch):
     fast_z, plain_z = _encoder_fast_and_plain(8, 1, 4096)
     assert not snake.available()
     assert torch.equal(fast_z, plain_z)
+
+
+@needs_compiler
+@pytest.mark.parametrize("threads", [1, 2])
+def test_first_layer_from_one_channel_rounds_like_conv1d(fresh_kernels, monkeypatch, threads):
+    """The encoder's first conv (1 -> C channels, k7 "same") as C depthwise rows of the one input: the
+    first call returns F.conv1d's result and decides; later calls run the kernel, equal to F.conv1d
+    bit for bit, where F.conv1d rounds in one of the kernel's orders (found with the model)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        depthwise = kernels.ExactDepthwise()
+        torch.manual_seed(3)
+        conv = torch.nn.Conv1d(1, 48, 7, padding=3)
+        x = _rows(1, 1, 5000, seed=4)
+        with torch.no_grad():
+            want = conv(x)
+            assert torch.equal(depthwise(x, conv.weight, conv.bias, 1, out=torch.empty(1, 48, 5000)), want)
+            decided, order = depthwise.known(x, conv.weight, conv.bias, 1)
+            x2 = _rows(1, 1, 5000, seed=5)
+            out = torch.full((1, 48, 5000), float("nan"))
+            got = depthwise(x2, conv.weight, conv.bias, 1, out=out)
+            want2 = conv(x2)
+            model_want = F.conv1d(x, conv.weight, conv.bias, padding=3)
+            model = fma_chain(x.expand(1, 48, 5000), conv.weight, conv.bias, 1, bool(order)) if order is not None else None
+    finally:
+        torch.set_num_threads(old)
+    assert decided
+    if order is None:
+        assert got is None
+        pytest.skip("oneDNN's one-channel kernel rounds in neither order here")
+    assert torch.equal(model, model_want), "the chosen order is not F.conv1d's (independent model)"
+    assert got.data_ptr() == out.data_ptr() and torch.equal(got, want2)

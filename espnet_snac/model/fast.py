@@ -263,6 +263,14 @@ def is_same_depthwise(conv: nn.Conv1d) -> bool:
             and conv.padding[0] == d * (k - 1) // 2 and conv.padding_mode == "zeros")
 
 
+def is_single_input_same(conv: nn.Conv1d) -> bool:
+    """Stride-1 conv from one input channel with an odd kernel and "same" zero padding (the encoder's
+    first layer)."""
+    k, d = conv.kernel_size[0], conv.dilation[0]
+    return (conv.in_channels == 1 and conv.groups == 1 and conv.stride[0] == 1 and k % 2 == 1
+            and conv.padding[0] == d * (k - 1) // 2 and conv.padding_mode == "zeros")
+
+
 def conv_transpose_polyphase(x: torch.Tensor, conv: nn.ConvTranspose1d, weight: torch.Tensor,
                              ws: Optional["Workspace"] = None) -> torch.Tensor:
     """``conv(x)`` computed as one stride-1 convolution plus an interleave; ``x (B, C_in, T)``."""
@@ -322,6 +330,12 @@ class FastPath:
                 return y
         if self.exact and is_pointwise(conv):
             y = self.exact_pointwise(conv, x)
+            if y is not None:
+                return y
+        if self.exact and self.native and is_single_input_same(conv) and x.shape[0] == 1 and kernels.usable(x):
+            # the encoder's first layer: C depthwise rows of the one input channel, rounded like oneDNN
+            y = kernels.exact_depthwise(x, self.weights.get(conv), conv.bias, conv.dilation[0],
+                                        self.ws.empty((1, conv.out_channels, x.shape[-1]), x))
             if y is not None:
                 return y
         if not self.exact and conv.stride[0] == 1:

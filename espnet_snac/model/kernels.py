@@ -282,7 +282,8 @@ def depthwise_exact(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 
 
 class ExactDepthwise:
-    """Depthwise "same" convolutions that round exactly like ``F.conv1d`` on this machine.
+    """Depthwise "same" convolutions (and "same" convolutions from one input channel to C outputs, the
+    encoder's first layer: C depthwise rows of one input) that round exactly like ``F.conv1d`` here.
 
     torch runs them through oneDNN, whose kernel (hence rounding order) depends on the layer's shape
     and the CPU: a direct kernel that starts each output from the bias, or im2col + GEMM that adds the
@@ -305,6 +306,9 @@ class ExactDepthwise:
     @staticmethod
     def key(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int) -> tuple:
         b, c, t = x.shape
+        if c == 1 and weight.shape[0] > 1:  # one input channel to C outputs: another oneDNN kernel
+            return ("one input channel", b, weight.shape[0], weight.shape[-1], dilation, min(t.bit_length(), 12),
+                    bias is not None, torch.get_num_threads())
         # Lengths of 2048 and more share one class: measured at 1 and 2 threads on 48-384 channels and
         # 26 to 578k samples, the order depends on the dilation only (d = 1 bias first, else last).
         return (b, c, weight.shape[-1], dilation, min(t.bit_length(), 12), bias is not None,
@@ -319,6 +323,8 @@ class ExactDepthwise:
     def _decide(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int,
                 want: torch.Tensor) -> None:
         """Record the order for ``x``'s shape if these inputs tell the two orders apart."""
+        key = self.key(x, weight, bias, dilation)
+        x = self._rows(x, weight)
         c = x.shape[1]
         if bias is None:  # both orders are the same chain: a random probe tells whether it is F.conv1d's
             decided = self._probe(x.shape[0], c, x.shape[2], weight.shape[-1], dilation)
@@ -334,7 +340,14 @@ class ExactDepthwise:
         if decided is None:
             log.info("no exact depthwise order for shape %s; using F.conv1d", tuple(x.shape))
         with self._lock:
-            self._orders[self.key(x, weight, bias, dilation)] = decided
+            self._orders[key] = decided
+
+    @staticmethod
+    def _rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The kernel's input: ``x`` itself, or for a conv from one input channel to C outputs (the
+        encoder's first layer: each output channel is a depthwise row of the same input) ``x``
+        repeated over C rows without a copy (row stride 0)."""
+        return x.expand(x.shape[0], weight.shape[0], x.shape[2]) if x.shape[1] == 1 and weight.shape[0] > 1 else x
 
     @staticmethod
     def _probe(b: int, c: int, t: int, k: int, dilation: int) -> Optional[bool]:
@@ -349,7 +362,8 @@ class ExactDepthwise:
         """The conv (in ``out`` when the kernel ran), or None when this shape must use ``F.conv1d``."""
         decided, bias_first = self.known(x, weight, bias, dilation)
         if decided:
-            return None if bias_first is None else depthwise_exact(x, weight, bias, dilation, bias_first, out)
+            return None if bias_first is None else depthwise_exact(self._rows(x, weight), weight, bias, dilation,
+                                                                   bias_first, out)
         k = weight.shape[-1]
         want = F.conv1d(x, weight, bias, padding=k // 2 * dilation, dilation=dilation, groups=x.shape[1])
         self._decide(x, weight, bias, dilation, want)
@@ -407,10 +421,12 @@ class ExactPointwise:
     differ in at least ``MIN_DIFFERING`` outputs: on silence they agree nearly everywhere and could not
     tell oneDNN's order from another). A shape no candidate reproduces keeps ``F.conv1d``.
 
-    Deciding costs about one ``F.conv1d`` per new length. A length class (channels, bias, threads,
-    power of two of the length) whose first ``TRUST_AFTER`` decided lengths all chose the same order
-    lends that order to its other lengths, except within ``NEAR_POWER_OF_TWO`` samples of a power of
-    two (where oneDNN changes its blocking) and below 2048 samples: those are always decided. 2-4x
+    Deciding costs about one ``F.conv1d`` per new length. The lengths of a layer shape (channels,
+    bias, threads) from ``MIN_LENDING_LENGTH`` samples on, away from powers of two, form one class
+    (measured: 48 to 192 channels keep one order over 511 to 600k samples except within one sample
+    of a power of two); once its first ``TRUST_AFTER`` decided lengths all chose the same order, the
+    class lends that order to its other lengths. Lengths within ``NEAR_POWER_OF_TWO`` samples of a
+    power of two (where oneDNN changes its blocking) and below 2048 samples are always decided. 2-4x
     faster than ``F.conv1d`` on the encoder's 48- to 192-channel layers (no re-layout of input, weight
     and output; the residual sum fused into the store); wider layers keep ``F.conv1d``, which is as fast.
     """
@@ -445,7 +461,7 @@ class ExactPointwise:
         power = 1 << (t.bit_length() - 1)
         if t < cls.MIN_LENDING_LENGTH or min(t - power, 2 * power - t) <= cls.NEAR_POWER_OF_TWO:
             return None
-        return (c_in, c_out, t.bit_length(), with_bias, threads)
+        return (c_in, c_out, with_bias, threads)
 
     def known(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Tuple[bool, Optional[Order]]:
         """``(decided, order)`` for this shape (decided, or lent by its length class); ``order`` None:
