@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +230,37 @@ def test_results_md_reports_visqol_in_every_scored_table(utts, tmp_path):
     (scoring / "results.json").write_text("{broken")
     assert make_results.main(["--exp_dir", str(exp), "--model_file", str(exp / "latest.pth"),
                               "--scoring_dir", f"test={scoring}", "--output", str(exp / "RESULTS.md")]) == 1
+
+
+_THREADS_AFTER_VISQOL = """
+import json, sys
+import numpy as np
+import torch
+from espnet_snac.scoring import visqol_metric
+from speech_samples import load_speech
+
+before = torch.get_num_threads()
+x = load_speech(24000, n=1)[0]
+visqol_metric.visqol(x, x.copy(), 24000)
+import numba
+print(json.dumps({"before": before, "after": torch.get_num_threads(), "layer": numba.threading_layer()}))
+"""
+
+
+def test_scoring_leaves_torch_threads_alone(tmp_path):
+    """ViSQOL's numba code under numba's OpenMP layer sets the process-wide OpenMP thread count (the one
+    torch reads) to every core; a program that scores in-process keeps its own setting."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "threads.py"
+    script.write_text(_THREADS_AFTER_VISQOL)
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    env["NUMBA_THREADING_LAYER"] = "omp"  # as in a program whose numba code runs on the OpenMP layer
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["before"] == 1 and got["after"] == 1, got

@@ -52,6 +52,20 @@ def _import_visqol():
     return visqol
 
 
+@contextlib.contextmanager
+def _keep_torch_threads():
+    """Restore torch's intra-op thread count after ViSQOL: its numba code, under numba's OpenMP layer,
+    sets the process-wide OpenMP thread count (the one torch reads) to every core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 def available() -> bool:
     """True when ``visqol-python`` is importable."""
     try:
@@ -104,14 +118,15 @@ def visqol(ref: np.ndarray, hyp: np.ndarray, sample_rate: int, mode: str = DEFAU
     if not np.any(ref):
         raise VisqolError("ViSQOL: the reference is silent")
     rate = MODE_RATES.get(mode)
-    api = _api(mode, allow_polynomial)
+    with _keep_torch_threads():
+        api = _api(mode, allow_polynomial)
     if sample_rate != rate:
         ref, hyp = resample(ref, sample_rate, rate), resample(hyp, sample_rate, rate)
     quiet = logging.getLogger("visqol")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _keep_torch_threads():
             result = api.measure_from_arrays(ref.astype(np.float64), hyp.astype(np.float64), rate)
     except (ValueError, RuntimeError, IndexError) as exc:
         raise VisqolError(f"ViSQOL: {type(exc).__name__}: {exc}") from exc
