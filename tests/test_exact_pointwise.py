@@ -154,6 +154,8 @@ def test_length_class_lends_its_order_only_when_consistent(fresh_kernels, monkey
     assert calls == [] and torch.equal(got, real_conv1d(x, weight, bias))  # lent: no F.conv1d
     near = _inputs(48, 48, 8190, seed=1)[0]  # within NEAR_POWER_OF_TWO of 8192: decided on its own
     assert pointwise.known(near, weight, bias) == (False, None)
+    # wider layers never lend: at 2 threads 192 channels split the reduction at multiples of 1024 only
+    assert kernels.ExactPointwise._class_of((192, 192, 20480, True, 2)) is None
     # a class with two different orders lends nothing
     pointwise._classes[(96, 96, True, torch.get_num_threads())] = [kernels.Order(True), kernels.Order(False)]
     _, weight96, bias96, _ = _inputs(96, 96, 8, seed=6)

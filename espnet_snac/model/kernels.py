@@ -412,8 +412,8 @@ class ExactPointwise:
     on the channels, the thread count and the exact length, not only its magnitude (measured with 2
     threads: 48 channels start from zero up to 263 samples and from the bias from 511 on; 192 channels
     from the bias, except at lengths within one sample of a power of two, where the reduction is split
-    in blocks of 96; 384 and 768 channels split in blocks of 96 to 256 depending on the length; with 1
-    thread the bias comes last). So the order is decided per exact shape (channels in and out,
+    in blocks of 96, and so at every length that is a multiple of 1024; 384 and 768 channels split in
+    blocks of 96 to 256 depending on the length; with 1 thread the bias comes last). So the order is decided per exact shape (channels in and out,
     length, bias, threads) on the first real call of that shape: ``F.conv1d`` computes the result that
     is returned, the kernel runs the candidate orders on the same inputs for the first and last 8
     output channels (oneDNN's first and last channel blocks; every sample), and the one that equals
@@ -421,12 +421,14 @@ class ExactPointwise:
     differ in at least ``MIN_DIFFERING`` outputs: on silence they agree nearly everywhere and could not
     tell oneDNN's order from another). A shape no candidate reproduces keeps ``F.conv1d``.
 
-    Deciding costs about one ``F.conv1d`` per new length. The lengths of a layer shape (channels,
-    bias, threads) from ``MIN_LENDING_LENGTH`` samples on, away from powers of two, form one class
-    (measured: 48 to 192 channels keep one order over 511 to 600k samples except within one sample
-    of a power of two); once its first ``TRUST_AFTER`` decided lengths all chose the same order, the
-    class lends that order to its other lengths. Lengths within ``NEAR_POWER_OF_TWO`` samples of a
-    power of two (where oneDNN changes its blocking) and below 2048 samples are always decided. 2-4x
+    Deciding costs about one ``F.conv1d`` per new length. For up to ``MAX_LENDING_CHANNELS`` input
+    channels, the lengths of a layer shape (channels, bias, threads) from ``MIN_LENDING_LENGTH``
+    samples on, away from powers of two, form one class; once its first ``TRUST_AFTER`` decided
+    lengths all chose the same order, the class lends that order to its other lengths (measured at 1
+    and 2 threads: 48 and 96 channels keep one order at every encoder length of 1-13 s utterances and
+    over 511 to 600k samples). Wider layers are always decided per length: at 2 threads 192 channels
+    split the reduction exactly at the lengths that are multiples of 1024. Lengths within
+    ``NEAR_POWER_OF_TWO`` samples of a power of two and below 2048 samples are always decided. 2-4x
     faster than ``F.conv1d`` on the encoder's 48- to 192-channel layers (no re-layout of input, weight
     and output; the residual sum fused into the store); wider layers keep ``F.conv1d``, which is as fast.
     """
@@ -435,6 +437,7 @@ class ExactPointwise:
     MIN_DIFFERING = 256  # outputs in which the two orders must differ for a call to decide the order
     MAX_CHANNELS = 192  # wider inputs keep F.conv1d (oneDNN is as fast there)
     TRUST_AFTER = 2
+    MAX_LENDING_CHANNELS = 96
     NEAR_POWER_OF_TWO = 16
     MIN_LENDING_LENGTH = 2048
 
@@ -459,7 +462,8 @@ class ExactPointwise:
         """The length class of an exact shape, or None where every length is decided on its own."""
         c_in, c_out, t, with_bias, threads = key
         power = 1 << (t.bit_length() - 1)
-        if t < cls.MIN_LENDING_LENGTH or min(t - power, 2 * power - t) <= cls.NEAR_POWER_OF_TWO:
+        if (c_in > cls.MAX_LENDING_CHANNELS or t < cls.MIN_LENDING_LENGTH
+                or min(t - power, 2 * power - t) <= cls.NEAR_POWER_OF_TWO):
             return None
         return (c_in, c_out, with_bias, threads)
 
