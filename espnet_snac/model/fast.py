@@ -28,7 +28,9 @@ path.
 """
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 import threading
 import weakref
 from typing import Dict, Optional, Tuple
@@ -57,6 +59,32 @@ _use_count = getattr(torch._C, "_storage_Use_Count", None)
 def _storage_uses(t: torch.Tensor) -> int:
     """References to ``t``'s storage (tensors and views holding it, plus one for the query)."""
     return _use_count(t.untyped_storage()._cdata)
+
+
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_libc = None
+
+
+def advise_huge_pages(t: torch.Tensor) -> None:
+    """Ask Linux to back the 2 MiB-aligned interior of a large CPU buffer with transparent huge pages
+    (where THP is in ``madvise`` mode): its first write then faults once per 2 MiB instead of once
+    per 4 KiB. Advisory only: nothing happens elsewhere or when the call fails."""
+    global _libc
+    if t.nbytes < 4 * _HUGE_PAGE or not sys.platform.startswith("linux"):
+        return
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        except (OSError, AttributeError):
+            _libc = False
+    if not _libc:
+        return
+    start = -(-t.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+    end = (t.data_ptr() + t.nbytes) // _HUGE_PAGE * _HUGE_PAGE
+    if end > start:
+        _libc.madvise(start, end - start, _MADV_HUGEPAGE)
 
 
 class BufferPool:
@@ -88,6 +116,8 @@ class BufferPool:
             if fits:
                 return min(fits, key=torch.Tensor.numel)[:numel].view(shape)
             base = torch.empty(numel, dtype=like.dtype, device=like.device)
+            if base.device.type == "cpu":
+                advise_huge_pages(base)
             if self._bytes + base.nbytes <= self.max_bytes:
                 bases.append(base)
                 self._bytes += base.nbytes
