@@ -321,3 +321,32 @@ def test_hooks_force_plain_path():
         model.encode(torch.zeros(1, 1, model.pad_multiple))
     handle.remove()
     assert len(seen) == 1
+
+
+def _huge_kib(address: int) -> int:
+    """AnonHugePages (kB) of the mapping that holds ``address`` (/proc/self/smaps)."""
+    found = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            found = lo <= address < hi
+        elif found and line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_pool_buffers_ask_for_huge_pages():
+    """Large pool buffers are advised for transparent huge pages: written once, part of them is backed
+    by 2 MiB pages where the kernel's THP mode honours the advice (``madvise`` or ``always``)."""
+    from pathlib import Path
+
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not mode.exists() or "[never]" in mode.read_text():
+        pytest.skip("no transparent huge pages on this system")
+    pool = fast.BufferPool()
+    buf = pool.take((64 << 20) // 4,  torch.zeros(1))
+    buf.fill_(1.0)
+    assert _huge_kib(buf.data_ptr() + (32 << 20)) > 0
+    small = pool.take((1024,), torch.zeros(1))  # below the size worth advising: left alone
+    assert small.numel() == 1024
