@@ -345,7 +345,7 @@ def test_pool_buffers_ask_for_huge_pages():
     if not mode.exists() or "[never]" in mode.read_text():
         pytest.skip("no transparent huge pages on this system")
     pool = fast.BufferPool()
-    buf = pool.take((64 << 20) // 4,  torch.zeros(1))
+    buf = pool.take(((64 << 20) // 4,), torch.zeros(1))
     buf.fill_(1.0)
     assert _huge_kib(buf.data_ptr() + (32 << 20)) > 0
     small = pool.take((1024,), torch.zeros(1))  # below the size worth advising: left alone
