@@ -89,21 +89,12 @@ def test_results_table_scores_the_untrained_model(corpus, tmp_path):
     import importlib.util
     import json
 
-    import torch
-    import yaml
-
-    from espnet_snac.train.curve import build_training
+    from tiny_training import write_untrained_experiment
 
     spec = importlib.util.spec_from_file_location("make_results", REPO / "local" / "make_results.py")
     make_results = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_results)
-    exp = tmp_path / "exp"
-    exp.mkdir()
-    # an experiment's config.yaml is ESPnet's dump of the namespace (with non-option keys such as required)
-    conf = yaml.safe_load(TINY.read_text())
-    conf.update(required=["output_dir"], version="202511", distributed=False, config=str(TINY))
-    (exp / "config.yaml").write_text(yaml.safe_dump(conf))
-    torch.save(build_training(TINY).model.state_dict(), exp / "latest.pth")
+    exp = write_untrained_experiment(tmp_path / "exp")
     scoring = tmp_path / "scoring"
     scoring.mkdir()
     (scoring / "results.json").write_text(json.dumps({"num_utts": 2, "num_failed": 0, "mel_distance": 1.5,

@@ -181,22 +181,13 @@ def test_results_md_reports_visqol_in_every_scored_table(utts, tmp_path):
     test set's results.json (they showed n/a)."""
     import importlib.util
 
-    import torch
-    import yaml
-
-    from espnet_snac.train.curve import build_training
     from speech_samples import REPO
+    from tiny_training import write_untrained_experiment
 
     spec = importlib.util.spec_from_file_location("make_results", REPO / "local" / "make_results.py")
     make_results = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_results)
-    tiny = REPO / "conf" / "tuning" / "train_snac24k_tiny.yaml"
-    exp = tmp_path / "exp"
-    exp.mkdir()
-    conf = yaml.safe_load(tiny.read_text())
-    conf.update(required=["output_dir"], version="202511", distributed=False, config=str(tiny))
-    (exp / "config.yaml").write_text(yaml.safe_dump(conf))
-    torch.save(build_training(tiny).model.state_dict(), exp / "latest.pth")
+    exp = write_untrained_experiment(tmp_path / "exp")
     lines = []
     for i, x in enumerate(utts):
         sf.write(tmp_path / f"u{i}.wav", x, SR)

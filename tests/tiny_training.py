@@ -70,3 +70,17 @@ def speech_like(batch: int = 1, length: int = CHUNK, seed: int = 0) -> torch.Ten
     g = torch.Generator().manual_seed(seed)
     t = torch.arange(length) / 24000
     return 0.3 * torch.sin(2 * torch.pi * 180 * t) + 0.05 * torch.randn(batch, length, generator=g)
+
+
+def write_untrained_experiment(exp: Path) -> Path:
+    """An experiment directory as ESPnet leaves it for the tiny config: ``config.yaml`` (ESPnet's dump of
+    the namespace, with non-option keys such as ``required``) and ``latest.pth``, the config's initial
+    model. Returns ``exp``."""
+    from espnet_snac.train.curve import build_training
+
+    exp.mkdir(parents=True, exist_ok=True)
+    conf = yaml.safe_load(TINY.read_text())
+    conf.update(required=["output_dir"], version="202511", distributed=False, config=str(TINY))
+    (exp / "config.yaml").write_text(yaml.safe_dump(conf))
+    torch.save(build_training(TINY).model.state_dict(), exp / "latest.pth")
+    return exp
